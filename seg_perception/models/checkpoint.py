@@ -1,0 +1,166 @@
+"""Checkpoint loading for every model, in one place.
+
+Public checkpoints come in several wrappings (plain state dict, ``{'model': ...}``,
+``{'state_dict': ...}``, ``{'model_state': ...}``, DataParallel ``module.`` prefixes) and some carry
+numpy scalars in their metadata. We unpickle with ``weights_only=True`` and allow only those plain
+numpy data types, so a file that would execute code is refused before any of it runs. Loading is
+strict: a mismatch raises an error that lists the missing, unexpected and wrongly shaped keys,
+unlike the reference repositories' loaders that silently skip keys and leave random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Wrapper keys under which training scripts store the model weights, tried in order.
+STATE_DICT_WRAPPERS = ("state_dict", "model_state", "model")
+
+
+class CheckpointError(ValueError):
+    """Base class of every checkpoint problem; the message names the file and the cause."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The weights file does not exist."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs arbitrary code to unpickle (or is not a torch file at all)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The weights do not fit the architecture (missing, unexpected or wrongly shaped keys)."""
+
+    def __init__(
+        self,
+        path: str,
+        missing: list[str],
+        unexpected: list[str],
+        wrong_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    ) -> None:
+        self.missing, self.unexpected, self.wrong_shape = missing, unexpected, wrong_shape
+        parts = [f"checkpoint {path!r} does not match the model:"]
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+        if wrong_shape:
+            shapes = [f"{k} (checkpoint {list(c)} vs model {list(m)})" for k, c, m in wrong_shape]
+            parts.append(f"{len(wrong_shape)} wrongly shaped key(s): {_preview(shapes)}")
+        super().__init__(" ".join(parts))
+
+
+class ClassCountMismatchError(CheckpointMismatchError):
+    """The checkpoint was trained for a different number of classes than the model has."""
+
+    def __init__(self, path: str, checkpoint_classes: int, model_classes: int, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.checkpoint_classes, self.model_classes = checkpoint_classes, model_classes
+        self.args = (
+            f"checkpoint {path!r} has {checkpoint_classes} classes but the model was built with "
+            f"num_classes={model_classes}; " + self.args[0],
+        )
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy objects that plain metadata (e.g. ``mean_iu = np.float64(...)``) pickles to."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    allowed: list[Any] = [
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    allowed += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "bool")]
+    return allowed
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a torch checkpoint safely (tensors and plain data only), mapped to the CPU."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"weights file {path!r} does not exist")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path!r}: it contains objects other than tensors and plain data "
+            f"(loading it would run pickled code). Re-save only the state_dict. Detail: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UnsafeCheckpointError(
+            f"{path!r} is not a readable torch checkpoint (truncated or another format): {exc}"
+        ) from exc
+
+
+def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """Unwrap the common containers and strip DataParallel ``module.`` prefixes."""
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in STATE_DICT_WRAPPERS if k in obj), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{path!r} holds a dict with keys {_preview(sorted(map(str, obj)))} but no "
+                f"state dict (expected tensors or one of {', '.join(STATE_DICT_WRAPPERS)})"
+            )
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Copy ``state`` into ``model``; any missing, unexpected or wrongly shaped key is an error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        num_classes = getattr(model, "num_classes", None)
+        class_dims = {c[0] for _, c, m in wrong if c and m and m[0] == num_classes}
+        if num_classes is not None and wrong and len(class_dims) == 1 and not (missing or unexpected):
+            raise ClassCountMismatchError(
+                path, class_dims.pop(), num_classes,
+                missing=missing, unexpected=unexpected, wrong_shape=wrong,
+            )
+        raise CheckpointMismatchError(path, missing, unexpected, wrong)
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load a weights file into ``model`` strictly, converting known public layouts first.
+
+    A model may define ``remap_checkpoint(state) -> state`` to translate the key names of the
+    official implementation it follows (e.g. HRNet-OCR's ``model.`` prefix).
+    """
+    path = os.fspath(path)
+    state = extract_state_dict(read_checkpoint(path), path)
+    remap = getattr(model, "remap_checkpoint", None)
+    if remap is not None:
+        state = remap(state)
+    load_state_dict_strict(model, state, path)
+    return model

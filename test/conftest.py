@@ -1,0 +1,33 @@
+"""Shared test fixtures: reference data location, DDS isolation, small deterministic frames."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Golden data produced by the official implementations; lives beside the checkout.
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+
+# DDS traffic stays on loopback, in a domain of its own per test process.
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def reference(*parts: str) -> Path:
+    """Path of a reference file; skips the test with a clear reason when it is absent."""
+    path = REFERENCE_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data not found at {path}")
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
