@@ -15,7 +15,7 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 # DDS traffic stays on loopback, in a domain of its own per test process.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

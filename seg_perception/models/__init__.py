@@ -4,7 +4,9 @@ Importing this package registers every architecture; use :func:`build_model` and
 :func:`load_checkpoint` rather than the model classes directly.
 """
 
-from . import deeplabv1, deeplabv3plus, hrnet_ocr, refinenet, regseg  # noqa: F401  (registers them)
+# Import order is registry order: RegSeg, the default, comes first.
+from . import regseg  # noqa: F401, I001  (each import registers its architectures)
+from . import deeplabv3plus, refinenet, deeplabv1, hrnet_ocr  # noqa: F401, E402
 from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,

@@ -1,0 +1,359 @@
+"""ROS-free inference engine: uint8 RGB frame in, uint8 labels (and optional colour, overlay,
+confidence) out.
+
+The engine owns everything between a host frame and host results: the device, the precision, the
+model, pinned host buffers, CUDA streams, pre/post-processing and per-stage timings. The node,
+the benchmarks and the evaluator all drive it the same way, so a number measured by ``bench`` is
+the number the node gets.
+
+On CUDA a frame goes through two streams:
+
+* the *upload* stream copies the uint8 frame from a pinned buffer to the GPU (non-blocking) and
+  preprocesses it there (to float, ImageNet mean/std, resize to the inference size);
+* the *compute* stream waits for that (CUDA event), runs the model in FP16 with channels_last,
+  takes argmax/colour/overlay on the GPU and copies only uint8 results back into pinned buffers.
+
+:meth:`SegmentationEngine.submit` returns as soon as the work is queued, so a caller that submits
+frame N+1 before collecting frame N overlaps N+1's upload with N's inference. On the CPU the same
+API runs synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cityscapes import PALETTE
+from .models import build_model, count_parameters, load_checkpoint
+
+LOG = logging.getLogger(__name__)
+
+#: ImageNet statistics (RGB), which every supported model was trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+STAGES = ("upload", "preprocess", "inference", "postprocess", "download")
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("fp16", "fp32")
+
+
+class EngineConfigError(ValueError):
+    """An engine setting that cannot work; raised at configuration time, never per frame."""
+
+
+class FrameError(ValueError):
+    """A frame that is not a uint8 HxWx3 RGB image."""
+
+
+@dataclass
+class EngineConfig:
+    """Everything needed to build an engine. ``validate`` names the first bad field."""
+
+    model: str = "regseg"
+    variant: str | None = None
+    weights: str = ""
+    num_classes: int = 19
+    model_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "fp16"
+    #: (height, width) the model runs at; ``None`` runs at each frame's own size.
+    inference_size: tuple[int, int] | None = None
+    crf: str = "none"
+    crf_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise EngineConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise EngineConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.device == "cpu" and self.precision == "fp16":
+            raise EngineConfigError("precision fp16 needs device cuda (or auto); use fp32 on the CPU")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise EngineConfigError("device cuda requested but torch sees no CUDA device")
+        if self.inference_size is not None:
+            h, w = self.inference_size
+            if h <= 0 or w <= 0:
+                raise EngineConfigError(f"inference_size must be positive (H, W), got {self.inference_size}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise EngineConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+
+
+@dataclass
+class SegmentationResult:
+    """Host results of one frame; optional outputs are ``None`` unless requested."""
+
+    labels: np.ndarray
+    color: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.timings_ms.values())
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Which optional outputs to compute for a frame (each costs GPU time and a download)."""
+
+    color: bool = False
+    overlay: bool = False
+    confidence: bool = False
+    overlay_alpha: float = 0.5
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when torch sees a device, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Check a frame is uint8 HxWx3 and return it as a tensor (no copy for contiguous numpy)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if not isinstance(tensor, torch.Tensor):
+        raise FrameError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+    if tensor.dtype != torch.uint8:
+        raise FrameError(f"frame must be uint8, got {tensor.dtype}")
+    if tensor.ndim != 3 or tensor.shape[2] != 3:
+        raise FrameError(f"frame must be HxWx3 RGB, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise FrameError(f"frame has zero size {tuple(tensor.shape)}")
+    return tensor
+
+
+class _Timer:
+    """Stage timestamps: CUDA events on the GPU (device time), perf_counter on the CPU."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: dict[str, Any] = {}
+
+    def mark(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream)
+            self.marks[name] = event
+        else:
+            self.marks[name] = time.perf_counter()
+
+    def elapsed_ms(self) -> dict[str, float]:
+        """Per-stage milliseconds; call only after the last event has completed."""
+        names = ("start",) + STAGES
+        out = {}
+        for prev, stage in zip(names, names[1:]):
+            a, b = self.marks[prev], self.marks[stage]
+            out[stage] = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+        return out
+
+
+class PendingResult:
+    """A submitted frame; :meth:`result` waits for the GPU and returns host arrays."""
+
+    def __init__(self, timer: _Timer, host: dict[str, torch.Tensor], done: torch.cuda.Event | None) -> None:
+        self._timer, self._host, self._done = timer, host, done
+        self._result: SegmentationResult | None = None
+
+    def ready(self) -> bool:
+        return self._done is None or self._done.query()
+
+    def result(self) -> SegmentationResult:
+        if self._result is None:
+            if self._done is not None:
+                self._done.synchronize()
+            arrays = {k: v.numpy() for k, v in self._host.items()}
+            self._result = SegmentationResult(timings_ms=self._timer.elapsed_ms(), **arrays)
+        return self._result
+
+
+class SegmentationEngine:
+    """Builds the configured model on the chosen device and segments frames."""
+
+    def __init__(self, config: EngineConfig, model: nn.Module | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.precision = config.precision if self.device.type == "cuda" else "fp32"
+        if self.precision != config.precision:
+            LOG.warning("precision %s is CUDA-only; running fp32 on %s", config.precision, self.device)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.model = model if model is not None else self._build_model(config)
+        self.model.eval().to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.num_parameters = count_parameters(self.model)
+        self.crf = self._build_crf(config)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._palette = torch.from_numpy(_palette_for(config.num_classes)).to(self.device)
+        self._cuda = self.device.type == "cuda"
+        if self._cuda:
+            self._upload_stream = torch.cuda.Stream(self.device)
+            self._compute_stream = torch.cuda.Stream(self.device)
+
+    @staticmethod
+    def _build_model(config: EngineConfig) -> nn.Module:
+        model = build_model(config.model, config.num_classes, config.variant or None, **config.model_options)
+        if config.weights:
+            load_checkpoint(model, config.weights)
+        else:
+            LOG.warning(
+                "NO WEIGHTS CONFIGURED: model %s runs with RANDOM weights; labels are meaningless. "
+                "Set 'weights' to a checkpoint file.", config.model,
+            )
+        return model
+
+    @staticmethod
+    def _build_crf(config: EngineConfig) -> Any:
+        if config.crf == "none" and not config.crf_options:
+            return None
+        from .crf import CRFConfig, build_crf
+
+        try:
+            crf_config = CRFConfig(mode=config.crf, **config.crf_options)
+        except TypeError as exc:
+            raise EngineConfigError(f"invalid crf_options {config.crf_options}: {exc}") from exc
+        return build_crf(crf_config)
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """What is running, for diagnostics and reports."""
+        return {
+            "model": getattr(self.model, "model_name", type(self.model).__name__),
+            "variant": getattr(self.model, "variant", ""),
+            "device": str(self.device) if not self._cuda else torch.cuda.get_device_name(self.device),
+            "precision": self.precision,
+            "parameters": self.num_parameters,
+            "weights": self.config.weights or "(random init)",
+            "crf": self.config.crf,
+        }
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when :meth:`submit` returns before the work is done (CUDA streams)."""
+        return self._cuda
+
+    def memory_allocated_mb(self) -> float | None:
+        """GPU memory held by tensors (None on the CPU)."""
+        return torch.cuda.memory_allocated(self.device) / 2**20 if self._cuda else None
+
+    def infer(
+        self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()
+    ) -> SegmentationResult:
+        """Segment one frame and wait for the result."""
+        return self.submit(frame, outputs).result()
+
+    @torch.inference_mode()
+    def submit(self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()) -> PendingResult:
+        """Queue one uint8 HxWx3 RGB frame; returns before the GPU finishes (CUDA)."""
+        host_frame = as_frame_tensor(frame)
+        if not 0.0 <= outputs.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {outputs.overlay_alpha}")
+        if self._cuda:
+            return self._submit_cuda(host_frame, outputs)
+        timer = _Timer(cuda=False)
+        timer.mark("start")
+        rgb = host_frame.to(self.device)
+        timer.mark("upload")
+        x = self._preprocess(rgb)
+        timer.mark("preprocess")
+        logits = self.model(x)
+        timer.mark("inference")
+        device_out = self._postprocess(logits, rgb, outputs)
+        timer.mark("postprocess")
+        host = {k: v.cpu() for k, v in device_out.items()}
+        timer.mark("download")
+        return PendingResult(timer, host, None)
+
+    def _submit_cuda(self, host_frame: torch.Tensor, outputs: OutputRequest) -> PendingResult:
+        # Pinned buffers come from torch's caching host allocator, which reuses a block only
+        # after the copies recorded on it have finished, so frames in flight never share one.
+        timer = _Timer(cuda=True)
+        pinned = torch.empty(host_frame.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.copy_(host_frame)
+        with torch.cuda.stream(self._upload_stream):
+            timer.mark("start", self._upload_stream)
+            rgb = pinned.to(self.device, non_blocking=True)
+            timer.mark("upload", self._upload_stream)
+            x = self._preprocess(rgb)
+            timer.mark("preprocess", self._upload_stream)
+        self._compute_stream.wait_event(timer.marks["preprocess"])
+        rgb.record_stream(self._compute_stream)
+        x.record_stream(self._compute_stream)
+        with torch.cuda.stream(self._compute_stream):
+            logits = self.model(x)
+            timer.mark("inference", self._compute_stream)
+            device_out = self._postprocess(logits, rgb, outputs)
+            timer.mark("postprocess", self._compute_stream)
+            host = {}
+            for name, tensor in device_out.items():
+                host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                host[name].copy_(tensor, non_blocking=True)
+            timer.mark("download", self._compute_stream)
+        return PendingResult(timer, host, timer.marks["download"])
+
+    def _preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8 HxWx3 -> normalised 1x3xhxw in the model's dtype at the inference size."""
+        x = rgb.permute(2, 0, 1).unsqueeze(0).float()
+        x = (x - self._mean) / self._std
+        size = self.config.inference_size
+        if size is not None and tuple(size) != tuple(x.shape[-2:]):
+            downscale = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=downscale)
+        x = x.to(self.dtype)
+        if self._cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _postprocess(
+        self, logits: torch.Tensor, rgb: torch.Tensor, outputs: OutputRequest
+    ) -> dict[str, torch.Tensor]:
+        """Logits at inference size -> uint8 labels (and extras) at the frame size, on device."""
+        height, width = rgb.shape[:2]
+        if tuple(logits.shape[-2:]) != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        if self.crf is not None:
+            logits = self.crf(logits.float(), rgb)
+        out: dict[str, torch.Tensor] = {}
+        if outputs.confidence:
+            probs = torch.softmax(logits.float(), dim=1)
+            confidence, labels = probs.max(dim=1)
+            out["confidence"] = (confidence[0] * 255.0).round().to(torch.uint8)
+        else:
+            labels = logits.argmax(dim=1)
+        labels = labels[0].to(torch.uint8)
+        out["labels"] = labels
+        if outputs.color or outputs.overlay:
+            color = self._palette[labels.long()]
+            if outputs.color:
+                out["color"] = color
+            if outputs.overlay:
+                a = outputs.overlay_alpha
+                blended = rgb.float() * (1.0 - a) + color.float() * a
+                out["overlay"] = blended.round().clamp_(0, 255).to(torch.uint8)
+        return out
+
+    def warmup(self, height: int, width: int, iterations: int = 2) -> None:
+        """Run a few frames so cuDNN picks algorithms and buffers exist before real traffic."""
+        frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for _ in range(iterations):
+            self.infer(frame)
+
+
+def _palette_for(num_classes: int) -> np.ndarray:
+    """The Cityscapes palette for 19 classes; a deterministic extension for other counts."""
+    if num_classes <= len(PALETTE):
+        return PALETTE[:num_classes]
+    extra = np.random.default_rng(0).integers(0, 256, (num_classes - len(PALETTE), 3), dtype=np.uint8)
+    return np.concatenate([PALETTE, extra])

@@ -1,0 +1,1 @@
+"""Replay evaluation: rosbag2 reading/writing, Cityscapes metrics, reports."""

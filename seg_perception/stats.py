@@ -1,0 +1,99 @@
+"""Sliding-window latency statistics, rate meters and frame accounting (ROS-free, thread-safe).
+
+The node records every frame's fate here and the diagnostics publisher reads snapshots, so the
+books can be checked: received == processed + dropped + rejected + in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class LatencyWindow:
+    """The last ``size`` samples of one latency, in milliseconds."""
+
+    def __init__(self, size: int = 300) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, value_ms: float) -> None:
+        with self._lock:
+            self._samples.append(float(value_ms))
+
+    def summary(self) -> dict[str, float]:
+        """p50/p90/p99/max/mean over the window, and the sample count (zeros when empty)."""
+        with self._lock:
+            samples = np.fromiter(self._samples, dtype=np.float64)
+        if samples.size == 0:
+            return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0, "count": 0}
+        p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+        return {
+            "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(samples.max()), "mean": float(samples.mean()), "count": int(samples.size),
+        }
+
+
+class RateMeter:
+    """Events per second over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self._window = window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and now - self._times[0] > self._window:
+                self._times.popleft()
+            if len(self._times) < 2:
+                return 0.0
+            span = max(now - self._times[0], 1e-9)
+            return (len(self._times) - 1) / span if span < self._window else len(self._times) / self._window
+
+
+@dataclass
+class FrameAccounting:
+    """Every received frame ends as processed, dropped (with reason) or rejected (with reason)."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def receive(self) -> None:
+        with self._lock:
+            self.received += 1
+
+    def process(self) -> None:
+        with self._lock:
+            self.processed += 1
+
+    def drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            dropped, rejected = dict(self.dropped), dict(self.rejected)
+            accounted = self.processed + sum(dropped.values()) + sum(rejected.values())
+            return {
+                "received": self.received, "processed": self.processed,
+                "dropped": dropped, "rejected": rejected,
+                "dropped_total": sum(dropped.values()), "rejected_total": sum(rejected.values()),
+                "in_flight": self.received - accounted,
+            }
