@@ -69,6 +69,8 @@ PYDENSECRF_PACKAGE = "pydensecrf2"
 PYDENSECRF_MODULE = "pydensecrf.densecrf"
 #: Kernel entries (pixels x keys) evaluated at once by the torch CRF: 2^24 floats = 64 MiB.
 _CHUNK_ELEMENTS = 1 << 24
+#: Largest appearance kernel the torch CRF keeps between iterations: 2^26 floats = 256 MiB.
+_CACHE_ELEMENTS = 1 << 26
 
 
 class CRFConfigError(ValueError):
@@ -204,11 +206,12 @@ class _GaussianFilter:
 class _AppearanceFilter:
     """Normalised bilateral filter: every pixel against a strided grid of key pixels plus itself.
 
-    With features ``f = (x/sa, y/sa, rgb/sb)`` the kernel is ``exp(-|f_i - f_j|^2 / 2)``, computed
-    as ``exp(f_i.f_j - |f_i|^2/2 - |f_j|^2/2)`` with one matrix product per chunk of pixels. A key
-    stands for the ``stride^2`` pixels of its block, so its weight is scaled by ``stride^2``; the
-    pixel's own term (kernel value 1) is added separately so that a pixel whose colour no key
-    shares is not pulled towards unrelated keys.
+    With features ``f = (x/sa, y/sa, rgb/sb)`` the kernel is ``exp(-|f_i - f_j|^2 / 2)``; the
+    exponent ``f_i.f_j - |f_i|^2/2 - |f_j|^2/2`` of a whole chunk of pixels is one matrix product
+    of augmented features. A key stands for the ``stride^2`` pixels of its block, so its weight is
+    scaled by ``stride^2``; the pixel's own term (kernel value 1) is added separately so that a
+    pixel whose colour no key shares is not pulled towards unrelated keys. The kernel does not
+    change between iterations, so it is kept when it fits in ``_CACHE_ELEMENTS``.
     """
 
     def __init__(self, image: torch.Tensor, xy_std: float, rgb_std: float, stride: int) -> None:
@@ -227,22 +230,32 @@ class _AppearanceFilter:
         key_cols = torch.arange(min(stride // 2, width - 1), width, stride, device=device)
         self.key_index = (key_rows[:, None] * width + key_cols[None, :]).reshape(-1)
         keys = features[self.key_index]
-        self.features = features
-        self.keys_t = keys.t().contiguous()
-        self.key_half_sq = 0.5 * (keys * keys).sum(dim=1)
-        self.half_sq = 0.5 * (features * features).sum(dim=1, keepdim=True)
+        half_sq = 0.5 * (features * features).sum(dim=1, keepdim=True)
+        ones = torch.ones_like(half_sq)
+        self.queries = torch.cat((features, -half_sq, ones), dim=1)  # (pixels, 7)
+        key_half_sq = 0.5 * (keys * keys).sum(dim=1, keepdim=True)
+        self.keys_t = torch.cat((keys, ones[: len(keys)], -key_half_sq), dim=1).t().contiguous()
         self.key_weight = float(stride * stride)
         self.chunk = max(1, _CHUNK_ELEMENTS // len(self.key_index))
+        self.cache: list[torch.Tensor] | None = None
+        if self.queries.shape[0] * len(self.key_index) <= _CACHE_ELEMENTS:
+            self.cache = [self._kernel(rows) for rows in self._chunks()]
+
+    def _chunks(self) -> list[slice]:
+        return [slice(s, s + self.chunk) for s in range(0, self.queries.shape[0], self.chunk)]
+
+    def _kernel(self, rows: slice) -> torch.Tensor:
+        return torch.exp_(self.queries[rows] @ self.keys_t)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         _, classes, height, width = q.shape
         flat = q.reshape(classes, -1).t()  # (pixels, C)
         values = torch.cat((flat[self.key_index], flat.new_ones(len(self.key_index), 1)), dim=1)
+        values *= self.key_weight
         out = torch.empty_like(flat)
-        for start in range(0, flat.shape[0], self.chunk):
-            rows = slice(start, start + self.chunk)
-            logits = self.features[rows] @ self.keys_t - self.half_sq[rows] - self.key_half_sq
-            summed = self.key_weight * (torch.exp(logits.clamp_(max=0.0)) @ values)
+        for i, rows in enumerate(self._chunks()):
+            kernel = self.cache[i] if self.cache is not None else self._kernel(rows)
+            summed = kernel @ values
             out[rows] = (summed[:, :classes] + flat[rows]) / (summed[:, classes:] + 1.0)
         return out.t().reshape(1, classes, height, width)
 

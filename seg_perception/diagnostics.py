@@ -19,7 +19,6 @@ class Thresholds:
     latency_error_ms: float = 500.0
     drop_warn_ratio: float = 0.2
     drop_error_ratio: float = 0.8
-    consecutive_failures_error: int = 5
 
 
 @dataclass
@@ -45,13 +44,20 @@ def build_report(
     engine: dict[str, Any] | None,
     thresholds: Thresholds,
     consecutive_failures: int = 0,
+    failure_burst: bool = False,
+    last_error: str = "",
     gpu_memory_mb: float | None = None,
     startup_error: str | None = None,
+    model_loading: str | None = None,
+    reload_error: str | None = None,
 ) -> HealthReport:
     """Combine the node's statistics into one status.
 
     ``interval_received``/``interval_lost`` are the frames received and dropped-or-rejected since
     the previous report, so the drop level follows the current load rather than history.
+    ``failure_burst`` (see :class:`~seg_perception.stats.FailureTracker`) is ERROR: the model is
+    failing frame after frame. ``reload_error`` is WARN: a requested model change failed, and the
+    previous model is still serving.
     """
     values: dict[str, str] = {}
     for stage, summary in stages.items():
@@ -68,6 +74,12 @@ def build_report(
     for reason, count in sorted(accounting["rejected"].items()):
         values[f"rejected_{reason}"] = str(count)
     values["consecutive_failures"] = str(consecutive_failures)
+    if last_error:
+        values["last_error"] = last_error
+    if model_loading:
+        values["model_loading"] = model_loading
+    if reload_error:
+        values["reload_error"] = reload_error
     for key, value in (engine or {}).items():
         values[key] = _fmt(value)
     if gpu_memory_mb is not None:
@@ -76,8 +88,10 @@ def build_report(
     problems: list[tuple[int, str]] = []
     if startup_error:
         problems.append((ERROR, f"model not loaded: {startup_error}"))
-    if consecutive_failures >= thresholds.consecutive_failures_error:
-        problems.append((ERROR, f"{consecutive_failures} consecutive inference failures"))
+    if failure_burst:
+        problems.append((ERROR, f"{consecutive_failures} consecutive inference failures ({last_error})"))
+    if reload_error:
+        problems.append((WARN, f"model reload failed, previous model still serving: {reload_error}"))
     p90 = end_to_end["p90"] if end_to_end.get("count") else 0.0
     if p90 > thresholds.latency_error_ms:
         problems.append((ERROR, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_error_ms:g} ms"))

@@ -214,17 +214,15 @@ class SegmentationEngine:
             )
         return model
 
-    @staticmethod
-    def _build_crf(config: EngineConfig) -> Any:
-        if config.crf == "none" and not config.crf_options:
-            return None
+    def _build_crf(self, config: EngineConfig) -> Any:
+        """The configured dense CRF (None for ``none``); fails here, not on the first frame."""
         from .crf import CRFConfig, build_crf
 
         try:
             crf_config = CRFConfig(mode=config.crf, **config.crf_options)
         except TypeError as exc:
             raise EngineConfigError(f"invalid crf_options {config.crf_options}: {exc}") from exc
-        return build_crf(crf_config)
+        return build_crf(crf_config, device=self.device)
 
     @property
     def description(self) -> dict[str, Any]:
@@ -323,15 +321,19 @@ class SegmentationEngine:
         height, width = rgb.shape[:2]
         if tuple(logits.shape[-2:]) != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        if self.crf is not None:
-            logits = self.crf(logits.float(), rgb)
         out: dict[str, torch.Tensor] = {}
-        if outputs.confidence:
+        if self.crf is not None:
+            probs = self.crf(logits, rgb)  # refined marginals, already normalised
+        elif outputs.confidence:
             probs = torch.softmax(logits.float(), dim=1)
-            confidence, labels = probs.max(dim=1)
-            out["confidence"] = (confidence[0] * 255.0).round().to(torch.uint8)
         else:
+            probs = None
+        if probs is None:
             labels = logits.argmax(dim=1)
+        else:
+            confidence, labels = probs.max(dim=1)
+            if outputs.confidence:
+                out["confidence"] = (confidence[0] * 255.0).round().to(torch.uint8)
         labels = labels[0].to(torch.uint8)
         out["labels"] = labels
         if outputs.color or outputs.overlay:

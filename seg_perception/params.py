@@ -3,6 +3,12 @@
 One table drives the node's declarations (with descriptors), runtime set requests, the shipped
 ``config/seg.yaml`` (tested to match), the launch file check and the evaluator, so a parameter
 cannot exist in one place and be missing in another.
+
+Three kinds of parameter: ``dynamic`` ones take effect on the next frame, ``reload`` ones (the
+model and how it runs) rebuild the engine in the background while the old one keeps serving, and
+the rest need a restart. :func:`validate_params` checks single values and the combinations
+(model/variant/options against the registry, device/precision), so a set request that could only
+fail later is refused up front with the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class ParamSpec:
     default: Any
     description: str
     dynamic: bool = False
+    #: Changing it at runtime rebuilds the engine in the background (implies runtime-settable).
+    reload: bool = False
     read_only: bool = False
     validate: Validator | None = None
     #: Numeric range shown in the ROS descriptor (min, max).
@@ -68,28 +76,30 @@ def _model_name(v: str) -> str | None:
     from .models import list_models
 
     models = list_models()
-    return None if v in models else f"unknown model {v!r}; valid models: {', '.join(models)}"
+    return None if v in models else f"{v!r} is not a registered model; valid models: {', '.join(models)}"
 
 
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model", "regseg", "Architecture name from the registry (`seg-perception models`).",
-              validate=_model_name),
-    ParamSpec("variant", "", "Architecture variant; empty = the model's default variant."),
-    ParamSpec("weights", "", "Checkpoint file; empty = random weights (labels meaningless, logged loudly)."),
+              validate=_model_name, reload=True),
+    ParamSpec("variant", "", "Architecture variant; empty = the model's default variant.", reload=True),
+    ParamSpec("weights", "", "Checkpoint file; empty = random weights (labels meaningless, logged loudly).",
+              reload=True),
     ParamSpec("num_classes", 19, "Number of classes the model predicts (19 = Cityscapes train ids).",
-              validate=_positive, range=(1, 255)),
+              validate=_positive, range=(1, 255), reload=True),
     ParamSpec("model_options", "{}",
               "Builder options as a YAML mapping, e.g. '{scales: [0.5, 1.0], align_corners: false}'.",
-              validate=_yaml_mapping),
-    ParamSpec("device", "auto", "auto | cuda | cpu.", validate=_choice(*DEVICES)),
+              validate=_yaml_mapping, reload=True),
+    ParamSpec("device", "auto", "auto | cuda | cpu.", validate=_choice(*DEVICES), reload=True),
     ParamSpec("precision", "fp16", "fp16 | fp32 (fp16 only on CUDA; the CPU runs fp32).",
-              validate=_choice(*PRECISIONS)),
+              validate=_choice(*PRECISIONS), reload=True),
     ParamSpec("inference_size", [0, 0],
-              "[height, width] the model runs at; [0, 0] = each frame's own size.", validate=_size),
+              "[height, width] the model runs at; [0, 0] = each frame's own size.",
+              validate=_size, reload=True),
     ParamSpec("crf", "none", "Dense CRF post-processing: none | cpu | gpu.",
-              validate=_choice("none", "cpu", "gpu")),
+              validate=_choice("none", "cpu", "gpu"), reload=True),
     ParamSpec("crf_options", "{}", "CRF parameters as a YAML mapping (see docs/MODELS.md).",
-              validate=_yaml_mapping),
+              validate=_yaml_mapping, reload=True),
     ParamSpec("image_topic", "camera/image_raw", "Input sensor_msgs/Image topic (relative, remappable)."),
     ParamSpec("qos_reliability", "best_effort",
               "Input QoS reliability: best_effort (sensor data) | reliable.",
@@ -121,6 +131,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("drop_error_ratio", 0.8,
               "Fraction of frames dropped or rejected since the last report above which ERROR.",
               dynamic=True, validate=_in_range(0.0, 1.0), range=(0.0, 1.0)),
+    ParamSpec("failure_error_count", 5,
+              "This many inference failures in a row, within failure_window_s, raise ERROR.",
+              dynamic=True, validate=_positive, range=(1, 10000)),
+    ParamSpec("failure_window_s", 10.0,
+              "Seconds a burst of failures stays relevant; a successful frame clears it at once.",
+              dynamic=True, validate=_positive, range=(0.001, 86400.0)),
     ParamSpec("fail_fast", True,
               "Exit non-zero when the model cannot be loaded at startup; false = stay up and report "
               "ERROR on /diagnostics."),
@@ -137,18 +153,67 @@ def validate_param(name: str, value: Any) -> str | None:
     spec = PARAMS_BY_NAME.get(name)
     if spec is None:
         return f"unknown parameter {name!r}"
+    if spec.default is not None and not _same_kind(value, spec.default):
+        return f"{name} must be of type {type(spec.default).__name__}, got {type(value).__name__} {value!r}"
     if spec.validate is None:
         return None
-    reason = spec.validate(value)
+    try:
+        reason = spec.validate(value)
+    except (TypeError, ValueError) as exc:
+        reason = f"is not a valid value ({exc}), got {value!r}"
     return f"{name} {reason}" if reason else None
 
 
+def _same_kind(value: Any, default: Any) -> bool:
+    """ROS types: bool is not an int, an int is an acceptable float, arrays are sequences."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return not isinstance(value, (str, bytes)) and hasattr(value, "__len__")
+    return isinstance(value, type(default))
+
+
 def validate_params(values: Mapping[str, Any]) -> list[str]:
-    """Every problem in a full parameter set (empty list when all are valid)."""
+    """Every problem in a (full or partial) parameter set; empty when all are valid.
+
+    Single values first; the combinations only when their parts are individually valid, so each
+    problem is reported once, at its root.
+    """
     problems = [r for name, value in values.items() if (r := validate_param(name, value))]
-    if values.get("latency_warn_ms", 0) > values.get("latency_error_ms", float("inf")):
-        problems.append("latency_warn_ms must not exceed latency_error_ms")
+    bad = {name for name in values if validate_param(name, values[name])}
+    for low, high in (("latency_warn_ms", "latency_error_ms"), ("drop_warn_ratio", "drop_error_ratio")):
+        if low in values and high in values and not {low, high} & bad and values[low] > values[high]:
+            problems.append(f"{low} must not exceed {high}")
+    engine_keys = {"model", "variant", "model_options", "num_classes", "device", "precision",
+                   "inference_size", "crf", "crf_options"}
+    if engine_keys <= set(values) and not engine_keys & bad:
+        problems += _engine_problems(values)
     return problems
+
+
+def _engine_problems(values: Mapping[str, Any]) -> list[str]:
+    """Model/variant/options against the registry, and device/precision/size combinations."""
+    from .engine import EngineConfigError
+    from .models.registry import ModelConfigError, model_options, resolve
+
+    try:
+        resolve(values["model"], values["variant"] or None)
+        valid = model_options(values["model"], values["variant"] or None)
+    except ModelConfigError as exc:
+        return [str(exc)]
+    unknown = sorted(set(parse_yaml_mapping(values["model_options"])) - set(valid))
+    if unknown:
+        return [f"model_options: unknown option(s) {', '.join(unknown)} for model {values['model']!r}; "
+                f"valid options: {', '.join(valid) or 'none'}"]
+    try:
+        engine_config(values).validate()
+    except EngineConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def parse_yaml_mapping(text: str) -> dict[str, Any]:

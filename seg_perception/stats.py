@@ -97,3 +97,48 @@ class FrameAccounting:
                 "dropped_total": sum(dropped.values()), "rejected_total": sum(rejected.values()),
                 "in_flight": self.received - accounted,
             }
+
+
+class FailureTracker:
+    """Consecutive inference failures, and whether they form a burst worth an ERROR.
+
+    A burst is ``threshold`` failures in a row (no frame succeeded in between) whose oldest is at
+    most ``window_s`` seconds old. A success ends the burst at once; without further failures it
+    ages out after ``window_s``, so the node does not report an old incident forever. Only the
+    last ``threshold`` failure times are kept.
+    """
+
+    def __init__(self, threshold: int = 5, window_s: float = 10.0) -> None:
+        self.threshold, self.window_s = threshold, window_s
+        self.consecutive = 0
+        self.total = 0
+        self.last_error = ""
+        self._times: deque[float] = deque(maxlen=threshold)
+        self._lock = threading.Lock()
+
+    def configure(self, threshold: int, window_s: float) -> None:
+        with self._lock:
+            self.threshold, self.window_s = threshold, window_s
+            self._times = deque(self._times, maxlen=threshold)
+
+    def failure(self, error: str, now: float | None = None) -> None:
+        with self._lock:
+            self.consecutive += 1
+            self.total += 1
+            self.last_error = error
+            self._times.append(time.monotonic() if now is None else now)
+
+    def success(self) -> None:
+        with self._lock:
+            self.consecutive = 0
+            self._times.clear()
+
+    def burst(self, now: float | None = None) -> bool:
+        """True while the last ``threshold`` frames all failed within the last ``window_s``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return (
+                self.consecutive >= self.threshold
+                and len(self._times) == self.threshold
+                and now - self._times[0] <= self.window_s
+            )

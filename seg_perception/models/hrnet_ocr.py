@@ -18,6 +18,7 @@ up to 4.4 on the same weights), so it is a per-checkpoint option.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import OrderedDict
@@ -59,7 +60,12 @@ class SpatialGather(nn.Module):
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         n, c = features.shape[:2]
-        with torch.autocast(device_type=features.device.type, enabled=False):
+        device = features.device.type
+        with (
+            torch.autocast(device_type=device, enabled=False)
+            if torch.amp.is_autocast_available(device)
+            else contextlib.nullcontext()
+        ):
             probs = torch.softmax(logits.float().flatten(2), dim=2)  # N, K, HW
             pixels = features.float().flatten(2).transpose(1, 2)  # N, HW, C
             objects = torch.bmm(probs, pixels)  # N, K, C

@@ -1,0 +1,272 @@
+"""rosbag2 drives: camera images with ground-truth label images, written and read with ``rosbags``.
+
+A *drive bag* has two ``sensor_msgs/msg/Image`` topics whose messages share header stamps and
+``frame_id``: the camera image (rgb8 when we write it; any encoding the node accepts when we read)
+and the ground truth (mono8 Cityscapes label ids). ``rosbags`` needs no ROS install, and the bags
+it writes (rosbag2 format version 9, sqlite3 or mcap storage) open with ``ros2 bag`` on Jazzy and
+later.
+
+Reading pairs an image with the ground truth of the same header stamp, in the order the images
+were recorded. Problems are never skipped silently: a bag that cannot be read raises
+:class:`BagError` naming the cause (and, for a missing topic, the topics it does have); a frame
+whose ground truth is missing or unusable comes out with ``gt=None`` and a ``gt_problem`` reason
+that the report counts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.enums import StoragePlugin
+from rosbags.rosbag2.errors import ReaderError, WriterError
+from rosbags.typesys import Stores, get_typestore
+
+IMAGE_TOPIC = "/camera/image_raw"
+GT_TOPIC = "/camera/semantic_gt"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+STORAGES = ("sqlite3", "mcap")
+#: Ground-truth encodings we accept: one uint8 label id per pixel.
+GT_ENCODINGS = ("mono8", "8UC1")
+#: How many images may wait for their ground truth before they are given up on as unmatched.
+#: Recorders write both topics within a few messages of each other; this bounds memory.
+PAIRING_WINDOW = 64
+
+#: ``sensor_msgs/msg/Image`` has had the same definition (and RIHS01 hash) since Humble.
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+_Image = TYPESTORE.types["sensor_msgs/msg/Image"]
+_Header = TYPESTORE.types["std_msgs/msg/Header"]
+_Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
+
+
+class BagError(ValueError):
+    """A bag that cannot be used for evaluation; the message says why."""
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def image_message(stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str) -> Any:
+    """A ``rosbags`` Image message wrapping a uint8 HxW or HxWx3 array."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    header = _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+                     frame_id=frame_id)
+    return _Image(header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
+                  is_bigendian=0, step=array.shape[1] * channels, data=array.reshape(-1))
+
+
+class DriveBagWriter:
+    """Writes paired image / ground-truth frames; use as a context manager."""
+
+    def __init__(self, path: str | Path, storage: str = "sqlite3", image_topic: str = IMAGE_TOPIC,
+                 gt_topic: str = GT_TOPIC) -> None:
+        self.path = Path(path)
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+        try:
+            self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        except WriterError as exc:
+            raise ValueError(f"cannot write bag: {exc}") from exc
+        self._topics = (image_topic, gt_topic)
+        self.frames = 0
+
+    def __enter__(self) -> DriveBagWriter:
+        self._writer.open()
+        image_topic, gt_topic = self._topics
+        self._image_conn = self._writer.add_connection(image_topic, IMAGE_TYPE, typestore=TYPESTORE)
+        self._gt_conn = self._writer.add_connection(gt_topic, IMAGE_TYPE, typestore=TYPESTORE)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._writer.close()
+        if exc_type is not None:  # a half-written bag would pass for a short drive; remove it
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def write(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, label_ids: np.ndarray) -> None:
+        """One frame: rgb8 image and mono8 label ids under the same header, logged at the stamp."""
+        if rgb.shape[:2] != label_ids.shape:
+            raise ValueError(f"image {rgb.shape[:2]} and ground truth {label_ids.shape} differ in size")
+        for conn, msg in ((self._image_conn, image_message(stamp_ns, frame_id, rgb, "rgb8")),
+                          (self._gt_conn, image_message(stamp_ns, frame_id, label_ids, "mono8"))):
+            self._writer.write(conn, stamp_ns, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+        self.frames += 1
+
+
+@dataclass
+class BagFrame:
+    """One camera frame and its ground truth, in recording order."""
+
+    index: int
+    stamp_ns: int
+    frame_id: str
+    #: The ``sensor_msgs/Image`` as recorded (fields encoding/height/width/step/is_bigendian/data).
+    image: Any
+    #: HxW uint8 Cityscapes label ids, or None when unusable (see ``gt_problem``).
+    gt: np.ndarray | None
+    gt_problem: str | None = None
+
+
+@dataclass
+class BagInfo:
+    path: str
+    storage: str
+    #: topic -> (message type, message count)
+    topics: dict[str, tuple[str, int]]
+    image_topic: str
+    gt_topic: str
+    image_count: int
+    gt_count: int
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "storage": self.storage, "image_topic": self.image_topic,
+            "gt_topic": self.gt_topic, "image_count": self.image_count, "gt_count": self.gt_count,
+            "duration_s": self.duration_s,
+            "topics": {t: {"type": ty, "count": n} for t, (ty, n) in self.topics.items()},
+        }
+
+
+@dataclass
+class PairingStats:
+    """What reading the bag could not pair, for the report."""
+
+    gt_without_image: int = 0
+    unreadable_images: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _gt_array(msg: Any, image: Any) -> tuple[np.ndarray | None, str | None]:
+    """Decode a ground-truth message, or give the reason it cannot be used for this image."""
+    if msg.encoding not in GT_ENCODINGS:
+        return None, "gt_encoding"
+    if (msg.height, msg.width) != (image.height, image.width):
+        return None, "gt_size_mismatch"
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if msg.step < msg.width or data.size != msg.step * msg.height:
+        return None, "gt_data_length"
+    return data.reshape(msg.height, msg.step)[:, : msg.width], None
+
+
+def _describe_topics(topics: dict[str, tuple[str, int]]) -> str:
+    if not topics:
+        return "the bag has no topics"
+    return "topics in the bag: " + ", ".join(f"{t} ({ty}, {n} msgs)" for t, (ty, n) in sorted(topics.items()))
+
+
+class DriveBag:
+    """A bag opened for evaluation. Use as a context manager; :meth:`frames` streams pairs."""
+
+    def __init__(self, path: str | Path, image_topic: str = IMAGE_TOPIC, gt_topic: str = GT_TOPIC) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"bag not found: {self.path}")
+        self.image_topic, self.gt_topic = image_topic, gt_topic
+        self.pairing = PairingStats()
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except (ReaderError, sqlite3.Error, OSError, KeyError, ValueError) as exc:
+            raise BagError(f"cannot open bag {self.path} (unreadable or not a rosbag2): "
+                           f"{type(exc).__name__}: {exc}") from exc
+        topics = {name: (info.msgtype or "(mixed types)", info.msgcount)
+                  for name, info in self._reader.topics.items()}
+        for topic, role in ((image_topic, "image"), (gt_topic, "ground-truth")):
+            if topic not in topics:
+                self._reader.close()
+                raise BagError(f"bag {self.path} has no {role} topic {topic!r}; {_describe_topics(topics)}")
+            if topics[topic][0] != IMAGE_TYPE:
+                self._reader.close()
+                raise BagError(f"{role} topic {topic!r} has type {topics[topic][0]}; only {IMAGE_TYPE} "
+                               f"is supported")
+        storage = "mcap" if any(self.path.rglob("*.mcap")) or self.path.suffix == ".mcap" else "sqlite3"
+        self.info = BagInfo(
+            path=str(self.path), storage=storage, topics=topics, image_topic=image_topic,
+            gt_topic=gt_topic, image_count=topics[image_topic][1], gt_count=topics[gt_topic][1],
+            duration_s=self._reader.duration / 1e9,
+        )
+
+    def __enter__(self) -> DriveBag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._reader.is_open:
+            self._reader.close()
+
+    def _messages(self) -> Iterator[tuple[str, Any]]:
+        """(topic, decoded message) in log order; read failures become :class:`BagError`."""
+        connections = [c for c in self._reader.connections if c.topic in (self.image_topic, self.gt_topic)]
+        read = 0
+        try:
+            for conn, _, raw in self._reader.messages(connections=connections):
+                msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+                read += 1
+                yield conn.topic, msg
+        except BagError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure mid-read means a damaged bag
+            raise BagError(f"bag {self.path} is truncated or corrupt: reading failed after {read} "
+                           f"messages: {type(exc).__name__}: {exc}") from exc
+
+    def frames(self) -> Iterator[BagFrame]:
+        """Images in recording order, each with the ground truth of the same header stamp."""
+        images: OrderedDict[int, Any] = OrderedDict()
+        gts: dict[int, Any] = {}
+        index = 0
+
+        def emit(stamp: int, image: Any, gt_msg: Any | None, problem: str = "missing_ground_truth") -> BagFrame:
+            nonlocal index
+            if gt_msg is None:
+                gt = None
+            else:
+                gt, problem = _gt_array(gt_msg, image)
+            frame = BagFrame(index, stamp, image.header.frame_id, image, gt, problem)
+            index += 1
+            return frame
+
+        for topic, msg in self._messages():
+            stamp = stamp_to_ns(msg.header.stamp)
+            if topic == self.image_topic:
+                if stamp in images:  # two images, one stamp: the ground truth would be ambiguous
+                    yield emit(stamp, images.pop(stamp), None, "duplicate_stamp")
+                images[stamp] = msg
+            else:
+                gts[stamp] = msg
+            # Emit from the front in image order as soon as the oldest image is paired (or waited
+            # for long enough), so memory stays bounded whatever the bag's length.
+            while images:
+                first = next(iter(images))
+                if first in gts:
+                    yield emit(first, images.pop(first), gts.pop(first))
+                elif len(images) > PAIRING_WINDOW:
+                    yield emit(first, images.pop(first), None)
+                else:
+                    break
+            if len(gts) > PAIRING_WINDOW:  # ground truth whose image never came
+                oldest = min(gts)
+                if not images or oldest < next(iter(images)):
+                    gts.pop(oldest)
+                    self.pairing.gt_without_image += 1
+        for stamp, image in images.items():
+            yield emit(stamp, image, gts.pop(stamp, None))
+        self.pairing.gt_without_image += len(gts)
+        missing = self.info.image_count - index
+        if missing > 0:
+            self.pairing.unreadable_images = missing
+            self.pairing.notes.append(
+                f"the bag's metadata lists {self.info.image_count} images on {self.image_topic} but "
+                f"only {index} could be read (truncated bag?)"
+            )
