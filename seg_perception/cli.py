@@ -46,14 +46,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = EngineConfig(
         model=args.model, variant=args.variant, weights=args.weights or "",
         model_options=parse_yaml_mapping(args.model_options), device=args.device,
-        precision=precision, crf=args.crf,
+        precision=precision, crf=args.crf, compile=args.compile,
     )
     report = run_benchmark(config, height, width, args.iterations, args.warmup,
                            OutputRequest(color=args.color, overlay=args.overlay))
     print(f"\n{report['engine']['model']} {report['engine']['variant']} {height}x{width} on "
           f"{report['engine']['device']} ({report['engine']['precision']}), {args.iterations} frames")
     print(format_table(report))
-    out = args.out or f"bench/results/{args.model}_{height}x{width}_{report['engine']['precision']}_{config.device}.json"
+    compiled = "" if args.compile == "none" else f"_{args.compile}"
+    out = args.out or (f"bench/results/{args.model}_{height}x{width}_{report['engine']['precision']}"
+                       f"_{config.device}{compiled}.json")
     print(f"wrote {write_json(report, out)}")
     return 0
 
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--precision", default=None, choices=("fp16", "fp32"))
     p.add_argument("--crf", default="none", choices=("none", "cpu", "gpu"))
+    p.add_argument("--compile", default="none", choices=("none", "torch_compile", "cuda_graph"),
+                   help="torch_compile: TorchInductor; cuda_graph: replay captured graphs (CUDA only)")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--color", action="store_true", help="also compute the colour mask")

@@ -1,26 +1,36 @@
 """``seg_node``: the rclpy adapter around :class:`~seg_perception.engine.SegmentationEngine`.
 
-Responsibilities, one per callback:
+Responsibilities, one per callback or thread:
 
 * the image subscription validates a frame's fields and stores it as the newest frame (latest
   frame wins: a frame replaced before the worker takes it is counted as dropped, ``superseded``);
 * a worker thread takes the newest frame, drops it if it is older than ``max_age_ms``, runs the
-  engine and publishes labels (plus colour/overlay/confidence when enabled and subscribed);
+  engine and publishes labels (plus colour/overlay/confidence when enabled and subscribed) with
+  the header of the frame they were computed from;
+* a loader thread builds a new engine when a model parameter changes, while the old engine keeps
+  serving; the swap is one reference assignment, and a failed load keeps the old engine and
+  reverts the parameters;
 * a timer publishes ``/diagnostics``;
 * the parameter callback validates runtime changes.
 
 Every received frame ends up processed, dropped with a reason, or rejected with a reason, and
-the counts are on ``/diagnostics``. No tensor code lives here.
+the counts are on ``/diagnostics``. No callback lets an exception escape: a crash would stop the
+executor, and a car needs the node to keep serving. No tensor code lives here.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
@@ -31,9 +41,9 @@ from sensor_msgs.msg import Image
 
 from . import params as P
 from .diagnostics import Thresholds, build_report
-from .engine import STAGES, OutputRequest, SegmentationEngine
+from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
-from .stats import FrameAccounting, LatencyWindow, RateMeter
+from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
 
 try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
     from cv_bridge import CvBridge
@@ -41,6 +51,18 @@ except ImportError:  # pragma: no cover - depends on the installation
     CvBridge = None
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+#: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
+EngineFactory = Callable[[EngineConfig], SegmentationEngine]
+
+RELOAD_PARAMS = tuple(spec.name for spec in P.PARAMS if spec.reload)
+
+#: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of SIGINT/SIGTERM.
+STOP_TIMEOUT_S = 1.5
+
+
+#: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
+WARMUP_SIZE = (64, 64)
 
 
 @dataclass
@@ -58,8 +80,11 @@ class LatestFrameSlot:
         self._closed = False
 
     def put(self, frame: _Frame) -> _Frame | None:
-        """Store ``frame``; return the frame it replaced (never processed), if any."""
+        """Store ``frame``; return the frame that will never be processed, if any: the one it
+        replaced, or ``frame`` itself once the slot is closed."""
         with self._cond:
+            if self._closed:
+                return frame
             replaced, self._frame = self._frame, frame
             self._cond.notify()
             return replaced
@@ -72,6 +97,7 @@ class LatestFrameSlot:
             return frame
 
     def close(self) -> _Frame | None:
+        """Refuse further frames; return the waiting one, if any (it will not be processed)."""
         with self._cond:
             self._closed = True
             frame, self._frame = self._frame, None
@@ -80,11 +106,13 @@ class LatestFrameSlot:
 
 
 def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
+    if spec.reload:
+        constraints = "runtime: the model is rebuilt in the background and swapped in when ready"
+    else:
+        constraints = "" if spec.dynamic or spec.read_only else "takes effect on restart"
     descriptor = ParameterDescriptor(
-        name=spec.name,
-        description=spec.description,
-        read_only=spec.read_only,
-        additional_constraints="" if spec.dynamic or spec.read_only else "takes effect on restart",
+        name=spec.name, description=spec.description, read_only=spec.read_only,
+        additional_constraints=constraints,
     )
     if spec.range is not None and isinstance(spec.default, float):
         descriptor.floating_point_range = [FloatingPointRange(from_value=spec.range[0], to_value=spec.range[1])]
@@ -93,14 +121,38 @@ def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
     return descriptor
 
 
-class SegmentationNode(Node):
-    """Subscribes to camera images, publishes per-pixel class ids and health diagnostics."""
+def _plain(value: Any) -> Any:
+    """ROS array parameters arrive as ``array.array``; keep lists so values compare equal."""
+    return list(value) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
 
-    def __init__(self, **kwargs: Any) -> None:
+
+def _model_label(values: dict[str, Any]) -> str:
+    variant = f"/{values['variant']}" if values["variant"] else ""
+    return f"{values['model']}{variant} ({values['weights'] or 'random init'})"
+
+
+class SegmentationNode(Node):
+    """Subscribes to camera images, publishes per-pixel class ids and health diagnostics.
+
+    ``engine_factory`` replaces :class:`SegmentationEngine` (startup and runtime reloads); the
+    reliability tests use it to run thousands of frames through the real ROS path quickly.
+    ``before_inference`` is a fault-injection hook for tests: when set, the worker calls it with
+    each frame's RGB array just before inference, and whatever it raises counts as that frame's
+    inference failure.
+    """
+
+    def __init__(self, *, engine_factory: EngineFactory | None = None, **kwargs: Any) -> None:
         super().__init__("seg_node", **kwargs)
+        try:
+            self._setup(engine_factory or SegmentationEngine)
+        except BaseException:
+            Node.destroy_node(self)  # nothing half-configured stays registered in the graph
+            raise
+
+    def _setup(self, engine_factory: EngineFactory) -> None:
         for spec in P.PARAMS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        self.values = {spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS}
+        self.values = {spec.name: _plain(self.get_parameter(spec.name).value) for spec in P.PARAMS}
         problems = P.validate_params(self.values)
         if problems:
             raise ValueError("invalid seg_node parameters: " + "; ".join(problems))
@@ -110,12 +162,21 @@ class SegmentationNode(Node):
         self.stage_latency = {stage: LatencyWindow(window) for stage in STAGES}
         self.end_to_end = LatencyWindow(window)
         self.input_rate, self.output_rate = RateMeter(), RateMeter()
-        self.consecutive_failures = 0
+        self.failures = FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"])
+        self.before_inference: Callable[[np.ndarray], None] | None = None
+        self._bridge: Any = None
         self._last_report = (0, 0)
+        self._engine_factory = engine_factory
+        self._config_lock = threading.RLock()
+        self._loader: threading.Thread | None = None
+        self._loading: str | None = None
+        self._reverting: dict[str, Any] | None = None
+        self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
         self.startup_error: str | None = None
+        self.reload_error: str | None = None
         self.engine: SegmentationEngine | None = None
         try:
-            self.engine = SegmentationEngine(P.engine_config(self.values))
+            self.engine = self._build_engine(self.values)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
@@ -125,7 +186,6 @@ class SegmentationNode(Node):
             self.get_logger().warning(
                 "NO WEIGHTS CONFIGURED: the model has random weights and its labels are meaningless"
             )
-        self._bridge = CvBridge() if CvBridge is not None else None
 
         self.labels_pub = self.create_publisher(Image, "segmentation/labels", OUTPUT_QOS)
         self.color_pub = self.create_publisher(Image, "segmentation/color", OUTPUT_QOS)
@@ -150,9 +210,18 @@ class SegmentationNode(Node):
         self._worker.start()
         engine = self.engine.description if self.engine else {"model": "(not loaded)"}
         self.get_logger().info(
-            f"segmenting {self.subscription.topic_name} with {engine} -> "
-            f"{self.labels_pub.topic_name}"
+            f"segmenting {self.subscription.topic_name} with {engine} -> {self.labels_pub.topic_name}"
         )
+
+    def _build_engine(self, values: dict[str, Any]) -> SegmentationEngine:
+        """Build and warm up an engine, so its first real frame is not the one paying for lazy
+        initialisation (seconds on a cold CPU, cuDNN autotuning on a GPU)."""
+        config = P.engine_config(values)
+        engine = self._engine_factory(config)
+        warmup = getattr(engine, "warmup", None)
+        if warmup is not None:
+            warmup(*(config.inference_size or WARMUP_SIZE))
+        return engine
 
     # -- subscription -------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
@@ -165,26 +234,36 @@ class SegmentationNode(Node):
             self.accounting.reject(exc.reason)
             self.get_logger().warning(f"rejected frame ({exc.reason}): {exc}", throttle_duration_sec=5.0)
             return
+        except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
+            self.accounting.reject("malformed")
+            self.get_logger().error(f"rejected frame (malformed): {exc!r}", throttle_duration_sec=5.0)
+            return
         if self.engine is None:
             self.accounting.drop("model_not_loaded")
             return
-        replaced = self._slot.put(_Frame(msg, self.get_clock().now().nanoseconds))
-        if replaced is not None:
+        frame = _Frame(msg, self.get_clock().now().nanoseconds)
+        lost = self._slot.put(frame)
+        if lost is frame:
+            self.accounting.drop("shutdown")
+        elif lost is not None:
             self.accounting.drop("superseded")
 
     # -- worker -------------------------------------------------------------------------------
     def _work(self) -> None:
         """Take newest frames until shutdown; on CUDA keep one frame in flight for overlap."""
-        pending: tuple[_Frame, Any] | None = None
+        pending: tuple[_Frame, SegmentationEngine, Any] | None = None
         while not self._stop.is_set():
-            frame = self._slot.take(timeout=0.0 if pending else 0.1)
-            started = self._start(frame) if frame is not None else None
-            if pending is not None:
-                self._finish(*pending)
-            pending = started
-            if pending is not None and not self.engine.asynchronous:
-                self._finish(*pending)
-                pending = None
+            try:
+                frame = self._slot.take(timeout=0.0 if pending else 0.1)
+                started = self._start(frame) if frame is not None else None
+                if pending is not None:
+                    self._finish(*pending)
+                pending = started
+                if pending is not None and not pending[1].asynchronous:
+                    self._finish(*pending)
+                    pending = None
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any bug in a frame
+                self.get_logger().error(f"worker error: {exc!r}", throttle_duration_sec=5.0)
         if pending is not None:
             self._finish(*pending)
 
@@ -193,7 +272,21 @@ class SegmentationNode(Node):
         stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
         return (self.get_clock().now().nanoseconds - (stamp_ns or frame.received_ns)) / 1e6
 
-    def _start(self, frame: _Frame) -> tuple[_Frame, Any] | None:
+    def _start(self, frame: _Frame) -> tuple[_Frame, SegmentationEngine, Any] | None:
+        """Submit ``frame``; on any failure it is accounted for here and None is returned."""
+        try:
+            return self._submit(frame)
+        except ImageRejected as exc:  # max_pixels lowered since the subscription checked it
+            self.accounting.reject(exc.reason)
+        except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
+            if self._stop.is_set():
+                self.accounting.drop("shutdown")
+            else:
+                self._fail(exc)
+        return None
+
+    def _submit(self, frame: _Frame) -> tuple[_Frame, SegmentationEngine, Any] | None:
+        engine = self.engine  # one engine per frame, even if a swap happens meanwhile
         max_age = self.values["max_age_ms"]
         if max_age > 0 and self._age_ms(frame) > max_age:
             self.accounting.drop("stale")
@@ -204,50 +297,72 @@ class SegmentationNode(Node):
             confidence=self.values["publish_confidence"] and self.confidence_pub.get_subscription_count() > 0,
             overlay_alpha=self.values["overlay_alpha"],
         )
-        try:
-            return frame, self.engine.submit(self._to_rgb(frame.msg), outputs)
-        except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
-            self._fail(exc)
-            return None
+        rgb = self._to_rgb(frame.msg)
+        if self.before_inference is not None:
+            self.before_inference(rgb)
+        return frame, engine, engine.submit(rgb, outputs)
 
-    def _to_rgb(self, msg: Image) -> Any:
-        if self._bridge is not None:
-            return self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
-        return image_msg_to_rgb(msg, self.values["max_pixels"])
+    def _to_rgb(self, msg: Image) -> np.ndarray:
+        """Our checks always run first (cv_bridge trusts the header fields); the conversion itself
+        uses cv_bridge when a ROS install provides it, else our zero-copy conversion."""
+        if CvBridge is None:
+            return image_msg_to_rgb(msg, self.values["max_pixels"])
+        check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+                    self.values["max_pixels"])
+        if self._bridge is None:
+            self._bridge = CvBridge()
+        return self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
 
-    def _finish(self, frame: _Frame, pending: Any) -> None:
+    def _finish(self, frame: _Frame, engine: SegmentationEngine, pending: Any) -> None:
         try:
             result = pending.result()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
         header = frame.msg.header
-        self.labels_pub.publish(_image(header, result.labels, "mono8"))
-        if result.color is not None:
-            self.color_pub.publish(_image(header, result.color, "rgb8"))
-        if result.overlay is not None:
-            self.overlay_pub.publish(_image(header, result.overlay, "rgb8"))
-        if result.confidence is not None:
-            self.confidence_pub.publish(_image(header, result.confidence, "mono8"))
+        try:
+            self.labels_pub.publish(_image(header, result.labels, "mono8"))
+            if result.color is not None:
+                self.color_pub.publish(_image(header, result.color, "rgb8"))
+            if result.overlay is not None:
+                self.overlay_pub.publish(_image(header, result.overlay, "rgb8"))
+            if result.confidence is not None:
+                self.confidence_pub.publish(_image(header, result.confidence, "mono8"))
+        except Exception as exc:  # noqa: BLE001 - e.g. the context shut down under us
+            self.accounting.drop("shutdown" if self._stop.is_set() else "publish_error")
+            if not self._stop.is_set():
+                self.get_logger().error(f"publish failed, frame dropped: {exc!r}", throttle_duration_sec=5.0)
+            return
         self.accounting.process()
         self.output_rate.tick()
-        self.consecutive_failures = 0
+        self.failures.success()
         for stage, ms in result.timings_ms.items():
             self.stage_latency[stage].add(ms)
         self.end_to_end.add(self._age_ms(frame))
 
     def _fail(self, exc: Exception) -> None:
-        self.accounting.drop("inference_error")
-        self.consecutive_failures += 1
+        out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
+        self.accounting.drop("out_of_memory" if out_of_memory else "inference_error")
+        self.failures.failure(f"{type(exc).__name__}: {exc}")
+        if out_of_memory and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the allocator's cached blocks back before the next frame
         self.get_logger().error(f"inference failed, frame dropped: {type(exc).__name__}: {exc}",
                                 throttle_duration_sec=5.0)
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        try:
+            self.diagnostics_pub.publish(self.diagnostics())
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
+            self.get_logger().error(f"diagnostics failed: {exc!r}", throttle_duration_sec=5.0)
+
+    def diagnostics(self) -> DiagnosticArray:
+        """The current health report; the drop ratio covers frames since the previous call."""
         books = self.accounting.snapshot()
         lost = books["dropped_total"] + books["rejected_total"]
         previous_received, previous_lost = self._last_report
         self._last_report = (books["received"], lost)
+        engine = self.engine
         report = build_report(
             stages={stage: w.summary() for stage, w in self.stage_latency.items()},
             end_to_end=self.end_to_end.summary(),
@@ -256,54 +371,134 @@ class SegmentationNode(Node):
             interval_lost=lost - previous_lost,
             input_rate_hz=self.input_rate.rate(),
             output_rate_hz=self.output_rate.rate(),
-            engine=self.engine.description if self.engine else None,
+            engine=engine.description if engine else None,
             thresholds=Thresholds(
                 self.values["latency_warn_ms"], self.values["latency_error_ms"],
                 self.values["drop_warn_ratio"], self.values["drop_error_ratio"],
             ),
-            consecutive_failures=self.consecutive_failures,
-            gpu_memory_mb=self.engine.memory_allocated_mb() if self.engine else None,
+            consecutive_failures=self.failures.consecutive,
+            failure_burst=self.failures.burst(),
+            last_error=self.failures.last_error,
+            gpu_memory_mb=engine.memory_allocated_mb() if engine else None,
             startup_error=self.startup_error,
+            model_loading=self._loading,
+            reload_error=self.reload_error,
         )
         status = DiagnosticStatus(
             level=bytes([report.level]),
             name=f"seg_perception: {self.get_fully_qualified_name()}",
             message=report.message,
-            hardware_id=str(self.engine.description["device"]) if self.engine else "",
+            hardware_id=str(engine.description["device"]) if engine else "",
             values=[KeyValue(key=k, value=v) for k, v in report.values.items()],
         )
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        return array
 
     # -- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
-        """Accept valid changes to dynamic parameters; refuse the rest with the reason."""
-        updated = dict(self.values)
-        for change in changes:
-            spec = P.PARAMS_BY_NAME.get(change.name)
-            if spec is None:
-                continue  # parameters this node does not own (e.g. use_sim_time)
-            if change.value == self.values[change.name]:
-                continue
-            if not spec.dynamic:
+        """Accept valid changes; refuse the rest with the reason. Model changes load in the
+        background (one at a time) and the request returns at once."""
+        with self._config_lock:
+            updated = dict(self.values)
+            reload = False
+            for change in changes:
+                spec = P.PARAMS_BY_NAME.get(change.name)
+                if spec is None:
+                    continue  # parameters this node does not own (e.g. use_sim_time)
+                value = _plain(change.value)
+                if value == self.values[change.name]:
+                    continue
+                if not (spec.dynamic or spec.reload):
+                    return SetParametersResult(successful=False,
+                                               reason=f"{change.name} takes effect only on restart")
+                reload |= spec.reload
+                updated[change.name] = value
+            if self._reverting is not None and threading.current_thread() is self._loader:
+                # the loader putting back the parameters of the model that is still serving
+                self.values = updated
+                return SetParametersResult(successful=True, reason="reverted after a failed load")
+            problems = P.validate_params(updated)
+            if problems:
+                return SetParametersResult(successful=False, reason="; ".join(problems))
+            if reload and self._loading is not None:
                 return SetParametersResult(
-                    successful=False, reason=f"{change.name} takes effect only on restart"
+                    successful=False, reason=f"model {self._loading} is still loading; retry when it is done"
                 )
-            updated[change.name] = change.value
-        problems = P.validate_params({k: updated[k] for k in updated if k in P.PARAMS_BY_NAME})
-        if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
-        self.values = updated
-        return SetParametersResult(successful=True)
+            self.values = updated
+            self.failures.configure(updated["failure_error_count"], updated["failure_window_s"])
+            if not reload:
+                return SetParametersResult(successful=True)
+            self._loading = _model_label(updated)
+            self._loader = threading.Thread(
+                target=self._reload, args=(dict(updated),), name="seg_model_loader", daemon=True
+            )
+            self._loader.start()
+            return SetParametersResult(
+                successful=True,
+                reason=f"loading {self._loading} in the background; the current model serves until then",
+            )
+
+    def _reload(self, values: dict[str, Any]) -> None:
+        """Build the engine for ``values``; swap it in, or keep the old one and revert."""
+        label = _model_label(values)
+        try:
+            engine = self._build_engine(values)
+        except Exception as exc:  # noqa: BLE001 - every load failure is reported, none kills us
+            reason = f"{type(exc).__name__}: {exc}"
+            serving = _model_label(self._serving) if self.engine is not None else "nothing"
+            self.reload_error = f"{label}: {reason}"
+            self.get_logger().error(f"could not load {label}: {reason}; still serving {serving}")
+            self._revert()
+            return
+        with self._config_lock:
+            self._loading = None
+            if self._stop.is_set():
+                return
+            self.engine = engine  # the swap: the worker picks it up with its next frame
+            self._serving = {name: values[name] for name in RELOAD_PARAMS}
+            self.startup_error = self.reload_error = None
+            self.failures.success()
+        self.get_logger().info(f"now serving {label}: {engine.description}")
+
+    def _revert(self) -> None:
+        """Put the model parameters back to what is serving, so they never describe a model
+        that is not running."""
+        with self._config_lock:
+            revert = {n: v for n, v in self._serving.items() if self.values[n] != v}
+            self._reverting = revert
+        try:
+            if revert and not self._stop.is_set():
+                self.set_parameters([Parameter(n, value=v) for n, v in revert.items()])
+        except Exception as exc:  # noqa: BLE001 - e.g. the node is being destroyed
+            self.get_logger().warning(f"could not revert parameters: {exc!r}")
+        finally:
+            with self._config_lock:
+                self._reverting = None
+                self._loading = None
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the worker; a frame still waiting is counted as dropped (``shutdown``)."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the worker (it finishes the frame it holds); a frame still waiting is counted as
+        dropped (``shutdown``). Idempotent; waits at most ``timeout`` seconds in all."""
+        if self._stop.is_set():
+            return
+        started = time.monotonic()
         self._stop.set()
         if self._slot.close() is not None:
             self.accounting.drop("shutdown")
         self._worker.join(timeout)
+        loader = self._loader
+        if loader is not None:
+            loader.join(max(0.0, started + timeout - time.monotonic()))
+        if self._worker.is_alive():
+            self.get_logger().error(f"worker still busy after {timeout:g} s; leaving it behind")
+            return
+        books = self.accounting.snapshot()
+        self.get_logger().info(
+            f"stopped in {(time.monotonic() - started) * 1e3:.0f} ms: {books['received']} frames received, "
+            f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}"
+        )
 
     def destroy_node(self) -> None:
         self.stop()
@@ -320,7 +515,11 @@ def _image(header: Any, array: Any, encoding: str) -> Image:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry point (``ros2 run seg_perception seg_node``)."""
+    """Console entry point (``ros2 run seg_perception seg_node``).
+
+    Exit status 0 after SIGINT/SIGTERM (rclpy turns both into a context shutdown), 1 when the
+    node cannot start (invalid parameters, or the model failed to load with ``fail_fast``).
+    """
     rclpy.init(args=args)
     node = None
     try:
@@ -336,6 +535,11 @@ def main(args: list[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+        if args is None:
+            # As the process entry point the interpreter ends next. Its final garbage collection
+            # over torch/timm/torchvision's objects takes ~1 s on a small CPU, half the 2 s
+            # shutdown budget; everything that needed cleaning up has been cleaned up above.
+            gc.freeze()
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .cityscapes import CLASS_NAMES, PALETTE
-from .engine import DEVICES, PRECISIONS, EngineConfig
+from .engine import COMPILE_MODES, DEVICES, PRECISIONS, EngineConfig
 from .image_conversion import DEFAULT_MAX_PIXELS
 
 Validator = Callable[[Any], str | None]
@@ -100,6 +100,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               validate=_choice("none", "cpu", "gpu"), reload=True),
     ParamSpec("crf_options", "{}", "CRF parameters as a YAML mapping (see docs/MODELS.md).",
               validate=_yaml_mapping, reload=True),
+    ParamSpec("compile", "none",
+              "none | torch_compile | cuda_graph (CUDA only): capture/compile per camera resolution.",
+              validate=_choice(*COMPILE_MODES), reload=True),
     ParamSpec("image_topic", "camera/image_raw", "Input sensor_msgs/Image topic (relative, remappable)."),
     ParamSpec("qos_reliability", "best_effort",
               "Input QoS reliability: best_effort (sensor data) | reliable.",
@@ -189,7 +192,7 @@ def validate_params(values: Mapping[str, Any]) -> list[str]:
         if low in values and high in values and not {low, high} & bad and values[low] > values[high]:
             problems.append(f"{low} must not exceed {high}")
     engine_keys = {"model", "variant", "model_options", "num_classes", "device", "precision",
-                   "inference_size", "crf", "crf_options"}
+                   "inference_size", "crf", "crf_options", "compile"}
     if engine_keys <= set(values) and not engine_keys & bad:
         problems += _engine_problems(values)
     return problems
@@ -251,4 +254,5 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         inference_size=None if size == (0, 0) else size,
         crf=values.get("crf", "none"),
         crf_options=parse_yaml_mapping(values.get("crf_options", "{}")),
+        compile=values.get("compile", "none"),
     )

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from seg_perception.models import (
+    CheckpointError,
+    CorruptCheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClassCountMismatchError,
@@ -99,6 +101,14 @@ def test_truncated_file_is_reported_not_crashing(tmp_path) -> None:  # noqa: ANN
     torch.save(_model().state_dict(), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(UnsafeCheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CorruptCheckpointError, match="not a readable torch checkpoint|corrupt"):
         load_checkpoint(_model(), path)
     assert os.path.getsize(path) > 0
+
+
+def test_text_file_is_reported_as_not_a_checkpoint(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "weights.pth"
+    path.write_text("this is a README, not weights\n")
+    with pytest.raises(CorruptCheckpointError, match="not a torch checkpoint") as info:
+        load_checkpoint(_model(), path)
+    assert not isinstance(info.value, UnsafeCheckpointError)

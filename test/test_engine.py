@@ -146,10 +146,10 @@ def test_crf_stage_refines_any_models_logits(model, frame) -> None:  # noqa: ANN
     from seg_perception.crf import CRFConfig, build_crf
 
     engine = SegmentationEngine(
-        EngineConfig(device="cpu", precision="fp32", crf="gpu", crf_options={"downsample": 8}), model=model
+        EngineConfig(device="cpu", precision="fp32", crf="gpu", crf_options={"iterations": 5}), model=model
     )
     result = engine.infer(frame, OutputRequest(confidence=True))
-    crf = build_crf(CRFConfig(mode="gpu", downsample=8))
+    crf = build_crf(CRFConfig(mode="gpu", iterations=5))
     probs = crf(_reference_logits(model, frame), torch.from_numpy(frame))
     assert (result.labels == probs.argmax(1)[0].numpy()).mean() > 0.999
     assert np.abs(result.confidence.astype(float) - probs.max(1).values[0].numpy() * 255).max() <= 1.0

@@ -195,3 +195,35 @@ def test_node_under_namespace_with_remapped_topic(ros, weights) -> None:  # noqa
 def test_invalid_startup_parameters_refuse_to_start(ros) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="precision must be one of"):
         ros.add(SegmentationNode, device="cpu", precision="int4")
+
+
+def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeypatch) -> None:  # noqa: ANN001
+    """With cv_bridge importable the node validates first, then lets cv_bridge convert."""
+    import seg_perception.node as node_module
+    from seg_perception.image_conversion import image_msg_to_rgb
+
+    calls: list[str] = []
+
+    class FakeBridge:
+        def imgmsg_to_cv2(self, msg, desired_encoding):  # noqa: ANN001, ANN201
+            calls.append(f"{msg.encoding}->{desired_encoding}")
+            return np.ascontiguousarray(image_msg_to_rgb(msg))
+
+    monkeypatch.setattr(node_module, "CvBridge", FakeBridge)
+    node = ros.add(lambda **kw: SegmentationNode(namespace="bridge", **kw), device="cpu", precision="fp32",
+                   weights=weights, max_age_ms=0.0)
+    try:
+        labels = ros.collect(Image, "/bridge/segmentation/labels")
+        publisher = ros.publisher("/bridge/camera/image_raw")
+        assert wait_for(lambda: publisher.get_subscription_count() > 0)
+        assert wait_for(lambda: node.labels_pub.get_subscription_count() > 0)
+        good = make_image(_rgb(20, 30, 9), "bgr8", _stamp(), "cam")
+        bad = make_image(_rgb(20, 30, 9), "bgr8", _stamp(), "cam")
+        bad.data = bytes(bad.data)[:-1]
+        publisher.publish(bad)
+        publisher.publish(good)
+        assert wait_for(lambda: any(m.header.stamp == good.header.stamp for m in labels))
+        assert calls == ["bgr8->rgb8"]  # the truncated frame never reached cv_bridge
+        assert node.accounting.snapshot()["rejected"].get("data_length") == 1
+    finally:
+        ros.remove(node)

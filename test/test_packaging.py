@@ -89,3 +89,13 @@ def test_package_xml_declares_runtime_dependencies() -> None:
         assert dep in depends, dep
     assert root.find("export/build_type").text == "ament_python"
     assert (ROOT / "resource" / "seg_perception").exists()
+
+
+def test_readme_documents_every_parameter_and_both_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table_rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines()
+                  if line.startswith("| `")}
+    missing = [p.name for p in PARAMS if p.name not in table_rows]
+    assert not missing, f"README parameter table lacks {missing}"
+    for command in ("make demo", "make test", "colcon build", "ros2 launch seg_perception seg.launch.py"):
+        assert command in readme, command

@@ -2,9 +2,9 @@
 
 A *drive bag* has two ``sensor_msgs/msg/Image`` topics whose messages share header stamps and
 ``frame_id``: the camera image (rgb8 when we write it; any encoding the node accepts when we read)
-and the ground truth (mono8 Cityscapes label ids). ``rosbags`` needs no ROS install, and the bags
-it writes (rosbag2 format version 9, sqlite3 or mcap storage) open with ``ros2 bag`` on Jazzy and
-later.
+and the ground truth (mono8 Cityscapes label ids). ``rosbags`` needs no ROS install; the bags it
+writes are rosbag2 format version 9 (sqlite3 or mcap storage), the format ``ros2 bag`` writes on
+Jazzy, so Jazzy and later can play them.
 
 Reading pairs an image with the ground truth of the same header stamp, in the order the images
 were recorded. Problems are never skipped silently: a bag that cannot be read raises

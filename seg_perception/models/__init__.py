@@ -12,6 +12,7 @@ from .checkpoint import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClassCountMismatchError,
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     load_checkpoint,
 )
@@ -19,6 +20,6 @@ from .registry import ModelConfigError, build_model, count_parameters, list_mode
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "CheckpointNotFoundError",
-    "ClassCountMismatchError", "UnsafeCheckpointError", "ModelConfigError", "build_model",
+    "ClassCountMismatchError", "CorruptCheckpointError", "UnsafeCheckpointError", "ModelConfigError", "build_model",
     "count_parameters", "list_models", "load_checkpoint", "model_options",
 ]

@@ -32,7 +32,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The file needs arbitrary code to unpickle (or is not a torch file at all)."""
+    """The file needs arbitrary code to unpickle: refused before any of it runs."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is not a readable torch checkpoint (another format, truncated, damaged)."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -92,17 +96,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"weights file {path!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive; files from torch < 1.6 are a bare pickle (protocol byte).
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise CorruptCheckpointError(
+            f"{path!r} is not a torch checkpoint (neither a zip archive nor a pickle; "
+            f"first bytes {magic!r})"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CorruptCheckpointError(f"{path!r} is corrupt: {str(exc).splitlines()[0]}") from exc
         raise UnsafeCheckpointError(
             f"refusing to load {path!r}: it contains objects other than tensors and plain data "
             f"(loading it would run pickled code). Re-save only the state_dict. Detail: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UnsafeCheckpointError(
+        raise CorruptCheckpointError(
             f"{path!r} is not a readable torch checkpoint (truncated or another format): {exc}"
         ) from exc
 
