@@ -528,6 +528,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - startup failure: say why and exit non-zero
+        if node is not None and not rclpy.ok():
+            return 0  # a shutdown signal raced with spin() building its wait set: still a shutdown
         print(f"seg_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
