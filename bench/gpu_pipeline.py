@@ -50,7 +50,8 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from seg_perception.benchmark import machine_info, make_frames, percentiles  # noqa: E402
+from seg_perception.benchmark import machine_info, make_frames  # noqa: E402
+from seg_perception.stats import percentiles  # noqa: E402
 from seg_perception.engine import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,

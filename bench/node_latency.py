@@ -44,6 +44,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from seg_perception.stats import percentiles  # noqa: E402  (after the path set-up)
+
 IMAGE_TOPIC = "camera/image_raw"
 LABELS_TOPIC = "segmentation/labels"
 TARGETS = ("relay", "seg_node")
@@ -52,15 +54,6 @@ NODE_TARGETS = {"p50_ms": 15.0, "p99_ms": 25.0, "drops": 0}
 
 
 # -- plain data (no ROS) ------------------------------------------------------------------------
-def latency_percentiles(samples: Sequence[float]) -> dict[str, float] | None:
-    if not samples:
-        return None
-    arr = np.asarray(samples, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()),
-            "max": float(arr.max()), "count": int(arr.size)}
-
-
 def summarize_phase(
     rate_hz: float, publisher: dict[str, Any], records: Sequence[tuple[int, float]]
 ) -> dict[str, Any]:
@@ -76,7 +69,7 @@ def summarize_phase(
         "drops": published - received,
         "drop_ratio": (published - received) / published if published else None,
         "duplicates": len(seqs) - received,
-        "latency_ms": latency_percentiles([ms for _, ms in records]),
+        "latency_ms": percentiles([ms for _, ms in records]),
         "publish_call_ms": publisher.get("publish_call_ms"),
         "late_sends": publisher.get("late_sends"),
     }
@@ -187,7 +180,7 @@ def publish_frames(publisher: Any, messages: Sequence[Any], rate: float, duratio
     elapsed = time.perf_counter() - start
     return {"run_id": run_id, "published": count, "elapsed_s": elapsed,
             "achieved_rate_hz": (count - 1) / elapsed if count > 1 and elapsed > 0 else None,
-            "publish_call_ms": latency_percentiles(calls), "late_sends": late}
+            "publish_call_ms": percentiles(calls), "late_sends": late}
 
 
 def run_relay(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 The package is layered so that data flows one way: ``node`` (ROS adapter) -> ``engine``
 (device, precision, pre/post-processing) -> ``models`` (networks returning logits). Only
-``node``, ``diagnostics`` and ``evaluation.live`` import ROS; everything else runs without it.
+``node`` and the live mode of ``evaluation.replay`` import ROS; everything else runs without it.
 """
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine
+from .stats import percentiles
 
 
 def make_frames(height: int, width: int, count: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -30,13 +31,6 @@ def make_frames(height: int, width: int, count: int = 4, seed: int = 0) -> list[
         noise = rng.integers(-12, 13, up.shape)
         frames.append(np.clip(up.astype(np.int16) + noise, 0, 255).astype(np.uint8))
     return frames
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    arr = np.asarray(samples, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()),
-            "max": float(arr.max())}
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

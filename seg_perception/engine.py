@@ -161,6 +161,27 @@ def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def recover_from_failure(exc: BaseException) -> str:
+    """Classify a failed frame for the books and undo what it can: after a CUDA out-of-memory
+    error the allocator's cached blocks are returned so the next frame has room."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return "out_of_memory"
+    return "inference_error"
+
+
+def _pinned_copy(host_frame: torch.Tensor) -> torch.Tensor:
+    """The frame in page-locked memory, so its upload can be asynchronous.
+
+    Pinned blocks come from torch's caching host allocator, which reuses a block only after the
+    copies recorded on it have finished, so frames in flight never share one.
+    """
+    pinned = torch.empty(host_frame.shape, dtype=torch.uint8, pin_memory=True)
+    pinned.copy_(host_frame)
+    return pinned
+
+
 class _Timer:
     """Stage timestamps: CUDA events on the GPU (device time), perf_counter on the CPU."""
 
@@ -306,17 +327,11 @@ class SegmentationEngine:
         return PendingResult(timer, host, None)
 
     def _submit_cuda(self, host_frame: torch.Tensor, outputs: OutputRequest) -> PendingResult:
-        # Pinned buffers come from torch's caching host allocator, which reuses a block only
-        # after the copies recorded on it have finished, so frames in flight never share one.
         if self.config.compile == "cuda_graph":
             return self._submit_cuda_graph(host_frame, outputs)
         timer = _Timer(cuda=True)
-        pinned = torch.empty(host_frame.shape, dtype=torch.uint8, pin_memory=True)
-        pinned.copy_(host_frame)
         with torch.cuda.stream(self._upload_stream):
-            timer.mark("start", self._upload_stream)
-            rgb = pinned.to(self.device, non_blocking=True)
-            timer.mark("upload", self._upload_stream)
+            rgb = self._upload(host_frame, timer)
             x = self._preprocess(rgb)
             timer.mark("preprocess", self._upload_stream)
         self._compute_stream.wait_event(timer.marks["preprocess"])
@@ -327,12 +342,25 @@ class SegmentationEngine:
             timer.mark("inference", self._compute_stream)
             device_out = self._postprocess(logits, rgb, outputs)
             timer.mark("postprocess", self._compute_stream)
-            host = {}
-            for name, tensor in device_out.items():
-                host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-                host[name].copy_(tensor, non_blocking=True)
-            timer.mark("download", self._compute_stream)
+            host = self._download(device_out, timer)
         return PendingResult(timer, host, timer.marks["download"])
+
+    def _upload(self, host_frame: torch.Tensor, timer: _Timer) -> torch.Tensor:
+        """Queue the uint8 frame's host -> device copy on the current (upload) stream."""
+        pinned = _pinned_copy(host_frame)
+        timer.mark("start", self._upload_stream)
+        rgb = pinned.to(self.device, non_blocking=True)
+        timer.mark("upload", self._upload_stream)
+        return rgb
+
+    def _download(self, device_out: dict[str, torch.Tensor], timer: _Timer) -> dict[str, torch.Tensor]:
+        """Queue device -> pinned host copies of the results on the compute stream."""
+        host = {}
+        for name, tensor in device_out.items():
+            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host[name].copy_(tensor, non_blocking=True)
+        timer.mark("download", self._compute_stream)
+        return host
 
     def _compiled_model(self, config: EngineConfig) -> Callable[[torch.Tensor], torch.Tensor]:
         """The model as the submit path calls it: eager, or compiled once by TorchInductor."""
@@ -347,12 +375,8 @@ class SegmentationEngine:
         """Like :meth:`_submit_cuda`, with the device work replayed from captured CUDA graphs."""
         pipeline = self._captured_pipeline(tuple(host_frame.shape), outputs)
         timer = _Timer(cuda=True)
-        pinned = torch.empty(host_frame.shape, dtype=torch.uint8, pin_memory=True)
-        pinned.copy_(host_frame)
         with torch.cuda.stream(self._upload_stream):
-            timer.mark("start", self._upload_stream)
-            rgb = pinned.to(self.device, non_blocking=True)
-            timer.mark("upload", self._upload_stream)
+            rgb = self._upload(host_frame, timer)
         self._compute_stream.wait_event(timer.marks["upload"])
         rgb.record_stream(self._compute_stream)
         with torch.cuda.stream(self._compute_stream):
@@ -369,11 +393,7 @@ class SegmentationEngine:
             else:
                 device_out = self._postprocess(pipeline.logits, pipeline.rgb, outputs)
             timer.mark("postprocess", self._compute_stream)
-            host = {}
-            for name, tensor in device_out.items():
-                host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-                host[name].copy_(tensor, non_blocking=True)
-            timer.mark("download", self._compute_stream)
+            host = self._download(device_out, timer)
         return PendingResult(timer, host, timer.marks["download"])
 
     def _captured_pipeline(self, shape: tuple[int, ...], outputs: OutputRequest) -> _CapturedPipeline:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
@@ -41,7 +40,7 @@ from sensor_msgs.msg import Image
 
 from . import params as P
 from .diagnostics import Thresholds, build_report
-from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine
+from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine, recover_from_failure
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
 
@@ -341,11 +340,8 @@ class SegmentationNode(Node):
         self.end_to_end.add(self._age_ms(frame))
 
     def _fail(self, exc: Exception) -> None:
-        out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
-        self.accounting.drop("out_of_memory" if out_of_memory else "inference_error")
+        self.accounting.drop(recover_from_failure(exc))
         self.failures.failure(f"{type(exc).__name__}: {exc}")
-        if out_of_memory and torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the allocator's cached blocks back before the next frame
         self.get_logger().error(f"inference failed, frame dropped: {type(exc).__name__}: {exc}",
                                 throttle_duration_sec=5.0)
 

@@ -9,9 +9,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float] | None:
+    """p50/p90/p99/mean/max and the count of ``samples``; None when there are none."""
+    if len(samples) == 0:
+        return None
+    arr = np.asarray(samples, dtype=np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()),
+            "max": float(arr.max()), "count": int(arr.size)}
 
 
 class LatencyWindow:
@@ -29,13 +40,7 @@ class LatencyWindow:
         """p50/p90/p99/max/mean over the window, and the sample count (zeros when empty)."""
         with self._lock:
             samples = np.fromiter(self._samples, dtype=np.float64)
-        if samples.size == 0:
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0, "count": 0}
-        p50, p90, p99 = np.percentile(samples, [50, 90, 99])
-        return {
-            "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(samples.max()), "mean": float(samples.mean()), "count": int(samples.size),
-        }
+        return percentiles(samples) or dict.fromkeys(("p50", "p90", "p99", "mean", "max", "count"), 0)
 
 
 class RateMeter:

@@ -32,6 +32,7 @@ import numpy as np
 from ..cityscapes import train_ids_to_label_ids
 from ..engine import STAGES, SegmentationEngine
 from ..image_conversion import ImageRejected, check_image, image_msg_to_rgb
+from ..stats import percentiles
 from . import report as R
 from .bag_io import BagFrame, DriveBag
 from .metrics import NUM_CLASSES, ConfusionMatrix
@@ -132,15 +133,6 @@ class Ledger:
         return str(self._video_path.relative_to(self.out))
 
 
-def _percentiles(samples: list[float]) -> dict[str, float] | None:
-    if not samples:
-        return None
-    arr = np.asarray(samples, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()),
-            "max": float(arr.max()), "count": int(arr.size)}
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -183,9 +175,9 @@ def run_offline(bag: DriveBag, engine: SegmentationEngine, ledger: Ledger, max_p
     bar.close()
     processed = len(walls)
     return {
-        "stages_ms": {s: _percentiles(v) for s, v in stages.items()},
-        "engine_total_ms": _percentiles([sum(t) for t in zip(*stages.values())]) if processed else None,
-        "frame_latency_ms": _percentiles(walls),
+        "stages_ms": {s: percentiles(v) for s, v in stages.items()},
+        "engine_total_ms": percentiles([sum(t) for t in zip(*stages.values())]) if processed else None,
+        "frame_latency_ms": percentiles(walls),
         "frame_latency_kind": "wall time of one engine call (offline)",
         "throughput_fps": processed / elapsed if elapsed > 0 else 0.0,
         "elapsed_s": elapsed,
@@ -435,7 +427,7 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, node: Any, replay: Any, p
         },
         "stages_ms": {s: _summary(node.stage_latency[s].summary()) for s in STAGES},
         "node_end_to_end_ms": _summary(node.end_to_end.summary()),
-        "frame_latency_ms": _percentiles(e2e),
+        "frame_latency_ms": percentiles(e2e),
         "frame_latency_kind": "end-to-end: header stamp (set at publish) -> labels received",
         "throughput_fps": (returned - 1) / output_span if output_span > 0 else 0.0,
         "input_fps": (published - 1) / replay_s if replay_s > 0 and published > 1 else 0.0,
