@@ -51,15 +51,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from seg_perception.benchmark import machine_info, make_frames  # noqa: E402
-from seg_perception.stats import percentiles  # noqa: E402
 from seg_perception.engine import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     STAGES,
     EngineConfig,
+    OutputRequest,
     SegmentationEngine,
 )
 from seg_perception.models import build_model, list_models, load_checkpoint  # noqa: E402
+from seg_perception.stats import percentiles  # noqa: E402
 
 MODES = ("naive", "engine", "engine_cuda_graph", "engine_torch_compile")
 ENGINE_COMPILE = {"engine": "none", "engine_cuda_graph": "cuda_graph", "engine_torch_compile": "torch_compile"}
@@ -120,6 +121,9 @@ class EnginePipeline:
     def submit(self, frame: np.ndarray) -> Any:
         return self.engine.submit(frame)
 
+    def submit_batch(self, frames: Sequence[np.ndarray]) -> list[Any]:
+        return self.engine.submit_batch(frames, [OutputRequest()] * len(frames))
+
 
 # -- measurements -------------------------------------------------------------------------------
 def measure_latency(
@@ -132,7 +136,7 @@ def measure_latency(
     measured on the GPU clock; the wall clock is kept as a cross-check. ``submit_host_ms`` is the
     host time until ``submit`` returns: the launch cost that stream overlap cannot hide.
     """
-    latency, wall, submit_host = [], [], []
+    latency, wall, submit_host, queue = [], [], [], []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     for i in range(iterations):
         frame = frames[i % len(frames)]
@@ -154,6 +158,8 @@ def measure_latency(
         submit_host.append((t1 - t0) * 1e3)
         for stage, ms in getattr(result, "timings_ms", {}).items():
             stages[stage].append(ms)
+        if hasattr(result, "queue_ms"):
+            queue.append(result.queue_ms)
     report = {
         "latency_ms": percentiles(latency),
         "wall_ms": percentiles(wall),
@@ -163,7 +169,43 @@ def measure_latency(
     }
     if all(stages.values()):
         report["stages_ms"] = {s: percentiles(v) for s, v in stages.items()}
+        report["queue_ms"] = percentiles(queue)
     return report
+
+
+def measure_batches(
+    pipeline: EnginePipeline, frames: Sequence[np.ndarray], batch_size: int, iterations: int, depth: int
+) -> dict[str, Any]:
+    """Batches of ``batch_size`` frames (several cameras) through ``submit_batch``: latency of a
+    whole batch (submit to the last frame's labels on the host), per-frame stage figures of the
+    group, and frames per second with ``depth`` batches in flight."""
+    latency, queue = [], []
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    for i in range(iterations):
+        batch = [frames[(i + k) % len(frames)] for k in range(batch_size)]
+        t0 = time.perf_counter()
+        results = [p.result() for p in pipeline.submit_batch(batch)]
+        latency.append((time.perf_counter() - t0) * 1e3)
+        if results[0].batch_size != batch_size:
+            raise RuntimeError(f"engine ran a batch of {results[0].batch_size}, expected {batch_size}")
+        queue.append(results[0].queue_ms)
+        for stage, ms in results[0].timings_ms.items():
+            stages[stage].append(ms)
+    fps = measure_throughput(lambda f: _BatchPending(pipeline.submit_batch([f] * batch_size)), frames,
+                             max(2, iterations // 2), depth) * batch_size
+    return {"batch_size": batch_size, "latency_ms": percentiles(latency),
+            "per_frame_ms_p50": percentiles(latency)["p50"] / batch_size, "queue_ms": percentiles(queue),
+            "stages_ms": {s: percentiles(v) for s, v in stages.items()}, "throughput_fps": fps}
+
+
+class _BatchPending:
+    """A submitted batch behind the single-frame ``result()`` interface of measure_throughput."""
+
+    def __init__(self, pending: list[Any]) -> None:
+        self.pending = pending
+
+    def result(self) -> list[Any]:
+        return [p.result() for p in self.pending]
 
 
 def measure_throughput(
@@ -188,7 +230,7 @@ def label_agreement(labels: Sequence[np.ndarray], reference: Sequence[np.ndarray
     if len(labels) != len(reference) or not labels:
         raise ValueError("need the same, non-zero number of label maps and reference maps")
     per_frame = []
-    for a, b in zip(labels, reference):
+    for a, b in zip(labels, reference, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"label map shape {a.shape} differs from reference {b.shape}")
         per_frame.append(float((a == b).mean()))
@@ -244,6 +286,13 @@ def model_cost(name: str, variant: str, height: int, width: int, num_classes: in
 
 def probe_machine(device: torch.device) -> dict[str, Any]:
     """The GPU's measured copy bandwidths, FP16 matrix rate and kernel launch cost (a few seconds)."""
+    info = _probe(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the probe's buffers are gone with _probe's frame
+    return info
+
+
+def _probe(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {}
     try:
         smi = subprocess.run(
@@ -291,16 +340,16 @@ def probe_machine(device: torch.device) -> dict[str, Any]:
         small.add_(1)
     info["launch_host_us"] = (time.perf_counter() - t0) / 2000 * 1e6
     torch.cuda.synchronize(device)
-    del a, b, x, dev
-    torch.cuda.empty_cache()
     return info
 
 
 # -- one model ---------------------------------------------------------------------------------
-def build_reference_model(name: str, variant: str, weights: str | None, seed: int = 0) -> nn.Module:
+def build_reference_model(
+    name: str, variant: str, weights: str | None, seed: int = 0, num_classes: int = 19
+) -> nn.Module:
     """FP32 CPU model: the given checkpoint, or seeded random weights (same for every mode)."""
     torch.manual_seed(seed)
-    model = build_model(name, 19, variant).eval()
+    model = build_model(name, num_classes, variant).eval()
     if weights:
         load_checkpoint(model, weights)
     return model
@@ -318,12 +367,16 @@ def _reset_gpu(device: torch.device) -> float:
 
 def make_pipeline(
     mode: str, model: nn.Module, name: str, variant: str, device: torch.device, weights: str | None,
+    num_classes: int = 19,
 ) -> NaivePipeline | EnginePipeline:
     if mode == "naive":
         return NaivePipeline(copy.deepcopy(model), device)
     precision = "fp16" if device.type == "cuda" else "fp32"
+    # Prepared inline (first frame pays for compile/capture, reported as first_frame_ms), so the
+    # measured frames are all compiled/captured; the node prepares in the background instead.
     config = EngineConfig(model=name, variant=variant, weights=weights or "", device=device.type,
-                          precision=precision, compile=ENGINE_COMPILE[mode])
+                          precision=precision, compile=ENGINE_COMPILE[mode], background_prepare=False,
+                          num_classes=num_classes)
     return EnginePipeline(SegmentationEngine(config, model=copy.deepcopy(model)))
 
 
@@ -336,7 +389,7 @@ def run_mode(
     cuda = device.type == "cuda"
     try:
         t0 = time.perf_counter()
-        pipeline = make_pipeline(mode, model, *spec, device, args.weights_for(spec))
+        pipeline = make_pipeline(mode, model, *spec, device, args.weights_for(spec), args.num_classes)
         first = time.perf_counter()
         pipeline(frames[0])
         first_frame_ms = (time.perf_counter() - first) * 1e3
@@ -357,6 +410,8 @@ def run_mode(
             report["baseline_gpu_memory_mb"] = baseline_mb
         if isinstance(pipeline, EnginePipeline):
             report["engine"] = pipeline.engine.description
+            report["batches"] = [measure_batches(pipeline, frames, n, max(3, iterations // 4), depth)
+                                 for n in args.batch_sizes if n > 1]
         del pipeline
         return report
     except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' numbers
@@ -373,7 +428,8 @@ def run_model(
     name, variant = spec
     height, width = size
     weights = args.weights_for(spec)
-    model = build_reference_model(name, variant, weights, args.seed)
+    model = build_reference_model(name, variant, weights, args.seed, args.num_classes)
+    trained = bool(weights) and args.weights_trained
     frames = make_frames(height, width, count=args.frames, seed=args.seed)
     reference_pipeline = NaivePipeline(copy.deepcopy(model), device)
     with strict_fp32():
@@ -382,6 +438,9 @@ def run_model(
     run: dict[str, Any] = {
         "model": name, "variant": variant, "size": [height, width],
         "weights": weights or "(seeded random init)",
+        # fp16 agreement means something only with trained weights: random weights give logits
+        # of ~1,500 whose near-ties flip in fp16 (98-99 % at 1024x2048 without any bug).
+        "agreement_judged": trained,
         "cost": model_cost(name, variant, height, width),
         "modes": {},
     }
@@ -392,7 +451,7 @@ def run_model(
             print(f"    FAILED: {run['modes'][mode]['error']}", flush=True)
         run["speedup_vs_naive_p50"] = speedups(run["modes"])
         if spec == TARGET_MODEL and tuple(size) == TARGET_SIZE:
-            run["targets"] = evaluate_targets(run["modes"])
+            run["targets"] = evaluate_targets(run["modes"], agreement_judged=trained)
         on_mode_done(run)
     return run
 
@@ -406,8 +465,11 @@ def speedups(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {m: base / r["latency_ms"]["p50"] for m, r in modes.items() if "latency_ms" in r}
 
 
-def evaluate_targets(modes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's targets for RegSeg at 1024x2048 (stated for an H100), met or not."""
+def evaluate_targets(
+    modes: dict[str, dict[str, Any]], agreement_judged: bool = True
+) -> dict[str, dict[str, Any]]:
+    """The issue's targets for RegSeg at 1024x2048 (stated for an H100), met or not; the
+    agreement is reported but not judged (``met`` None) unless the weights are trained."""
     ok = {m: r for m, r in modes.items() if "latency_ms" in r}
     out: dict[str, dict[str, Any]] = {}
 
@@ -429,8 +491,11 @@ def evaluate_targets(modes: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
           None if best_overlap is None else best_overlap >= TARGETS["overlap_ratio"],
           "sustained fps / (1 / p50), best engine mode, >=")
     worst = min((r["agreement"]["mean"] for m, r in ok.items() if m != "naive"), default=None)
-    check("agreement", worst, None if worst is None else worst >= TARGETS["agreement"],
-          "lowest engine-mode pixel agreement with strict FP32, >=")
+    if agreement_judged:
+        check("agreement", worst, None if worst is None else worst >= TARGETS["agreement"],
+              "lowest engine-mode pixel agreement with strict FP32, trained weights, >=")
+    else:
+        check("agreement", worst, None, "random weights: for information only (judged with trained weights)")
     return out
 
 
@@ -502,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint for --weights-model (default: the golden RegSeg weights if present)")
     p.add_argument("--weights-model", default="regseg:exp48_decoder26",
                    help="name:variant the --weights file belongs to; other models use random weights")
+    p.add_argument("--weights-trained", action="store_true",
+                   help="the --weights are trained: judge the fp16 agreement (random weights: information only)")
+    p.add_argument("--num-classes", type=int, default=19, help="classes of the --weights checkpoint")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1],
+                   help="also measure submit_batch with these batch sizes (engine modes; 1 = single frames only)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--iterations", type=int, default=200, help="latency frames per engine mode")
     p.add_argument("--throughput-frames", type=int, default=300)
@@ -551,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "naive_iterations": args.naive_iterations, "warmup": args.warmup, "frames": args.frames,
             "depth": args.depth, "seed": args.seed, "cudnn_benchmark": args.cudnn_benchmark,
             "weights": args.weights, "weights_model": args.weights_model,
+            "weights_trained": args.weights_trained, "batch_sizes": args.batch_sizes,
         },
         "runs": [],
     }
@@ -560,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in args.sizes:
             done = list(report["runs"])
 
-            def on_mode_done(partial: dict[str, Any]) -> None:
+            def on_mode_done(partial: dict[str, Any], done: list[Any] = done) -> None:
                 report["runs"] = [*done, partial]
                 write_report(report, args.out)
 

@@ -1,35 +1,53 @@
-"""ROS-free inference engine: uint8 RGB frame in, uint8 labels (and optional colour, overlay,
-confidence) out.
+"""ROS-free inference engine: uint8 RGB frames in, uint8 labels (and optional colour, overlay,
+confidence) out, one frame or a batch of frames (several cameras) at a time.
 
-The engine owns everything between a host frame and host results: the device, the precision, the
-model, pinned host buffers, CUDA streams, pre/post-processing and per-stage timings. The node,
-the benchmarks and the evaluator all drive it the same way, so a number measured by ``bench`` is
-the number the node gets.
+The engine owns everything between host (or device) frames and host results: the device, the
+precision, the model, pinned host buffers, CUDA streams, pre/post-processing and per-stage
+timings. The scheduler, the benchmarks and the evaluator all drive it the same way, so a number
+measured by ``bench`` is the number the node gets.
 
-On CUDA a frame goes through two streams:
+API (see the methods for details)::
 
-* the *upload* stream copies the uint8 frame from a pinned buffer to the GPU (non-blocking) and
-  preprocesses it there (to float, ImageNet mean/std, resize to the inference size);
+    engine = SegmentationEngine(EngineConfig(...))
+    pending = engine.submit_batch(frames, outputs)   # one PendingResult per frame, in order
+    results = [p.result() for p in pending]          # SegmentationResult, with .batch_size
+    engine.submit(frame, outputs)                    # == submit_batch([frame], [outputs])[0]
+    engine.warmup(h, w) / engine.prepare(sizes, outputs)   # prepare a batch shape now
+    engine.close()
+
+Batching: frames that can run through the model together form one *group*: with
+``inference_size`` set every frame of the call (each resized in preprocessing), otherwise the
+frames of one (H, W). Each group is one forward pass; each frame keeps its own output request.
+
+On CUDA a group goes through two streams:
+
+* the *upload* stream copies each uint8 frame from a pinned buffer to the GPU (non-blocking) and,
+  eagerly, preprocesses it there (to float, ImageNet mean/std, resize to the inference size). A
+  frame that is already a uint8 HxWx3 tensor on the engine's device (GPU JPEG decoding) is used
+  in place: no upload;
 * the *compute* stream waits for that (CUDA event), runs the model in FP16 with channels_last,
   takes argmax/colour/overlay on the GPU and copies only uint8 results back into pinned buffers.
 
-:meth:`SegmentationEngine.submit` returns as soon as the work is queued, so a caller that submits
-frame N+1 before collecting frame N overlaps N+1's upload with N's inference. On the CPU the same
-API runs synchronously.
+:meth:`SegmentationEngine.submit_batch` returns as soon as the work is queued, so a caller that
+submits batch N+1 before collecting batch N overlaps N+1's upload with N's inference. On the CPU
+the same API runs synchronously.
 
-``EngineConfig.compile`` removes per-kernel launch cost, which bounds a small network at batch 1:
-``cuda_graph`` captures preprocess, model and postprocess as CUDA graphs per (frame shape, output
-request) on first use and replays them; ``torch_compile`` fuses the model's kernels with
-TorchInductor.
+``EngineConfig.compile`` removes per-kernel launch cost: ``cuda_graph`` captures preprocess, model
+and postprocess as CUDA graphs per batch shape and output flags (not the overlay alpha, which is
+a device tensor) and replays them; ``torch_compile`` fuses the model's kernels with TorchInductor
+per input shape. Either is prepared per shape *off the hot path*
+(:mod:`seg_perception.preparation`): a new shape is served eagerly while a background thread
+compiles or captures it, and the next batch of that shape uses the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +58,7 @@ from torch import nn
 
 from .cityscapes import PALETTE
 from .models import build_model, count_parameters, load_checkpoint
+from .preparation import CAPTURE_LOCK, SERVING, PreparedCache, Preparer, yielding_to_serving
 
 LOG = logging.getLogger(__name__)
 
@@ -47,12 +66,23 @@ LOG = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Work stages in pipeline order. Each figure is the stage's own time, waiting excluded:
+#: upload = host -> device copy of the frames (0 for frames already on the device);
+#: preprocess = to float, normalise, resize, batch; inference = the model's forward pass;
+#: postprocess = upsampling, argmax, CRF, colour/overlay/confidence; download = device -> host.
+#: Waiting for the compute stream (the previous batch still running) is ``SegmentationResult.queue_ms``.
 STAGES = ("upload", "preprocess", "inference", "postprocess", "download")
+QUEUE = "queue"
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("fp16", "fp32")
 COMPILE_MODES = ("none", "torch_compile", "cuda_graph")
-#: Captured CUDA graph sets kept (one per frame shape and output request), least recent evicted.
-MAX_CAPTURED_PIPELINES = 4
+#: Captured CUDA graph sets kept (one per batch shape and output flags), least recent evicted.
+MAX_CAPTURED_PIPELINES = 8
+#: Input shapes kept marked as compiled (torch.compile's own cache is bounded by dynamo's
+#: ``cache_size_limit``; past it dynamo runs the model eagerly, which is still correct).
+MAX_COMPILED_SHAPES = 8
+#: Batch shapes remembered by :meth:`SegmentationEngine.recent_batches` for a reload to prepare.
+MAX_RECENT_BATCHES = 8
 
 
 class EngineConfigError(ValueError):
@@ -78,8 +108,11 @@ class EngineConfig:
     inference_size: tuple[int, int] | None = None
     crf: str = "none"
     crf_options: dict[str, Any] = field(default_factory=dict)
-    #: none | torch_compile (TorchInductor, once per frame shape) | cuda_graph (CUDA only).
+    #: none | torch_compile (TorchInductor, once per input shape) | cuda_graph (CUDA only).
     compile: str = "none"
+    #: True: a new shape is compiled/captured in a background thread while it is served eagerly.
+    #: False: on the serving thread, before that batch runs (benchmarks of the old behaviour).
+    background_prepare: bool = True
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -108,19 +141,26 @@ class EngineConfig:
 
 @dataclass
 class SegmentationResult:
-    """Host results of one frame; optional outputs are ``None`` unless requested."""
+    """Host results of one frame; optional outputs are ``None`` unless requested.
+
+    ``timings_ms`` holds the :data:`STAGES` of the group the frame ran in (a batch is one
+    forward pass, so its frames share the figures); ``queue_ms`` is the time that group waited
+    for the compute stream before its own work started; ``batch_size`` is how many frames ran
+    together in that group.
+    """
 
     labels: np.ndarray
     color: np.ndarray | None = None
     overlay: np.ndarray | None = None
     confidence: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    #: How many frames ran through the model together with this one.
+    queue_ms: float = 0.0
     batch_size: int = 1
 
     @property
     def total_ms(self) -> float:
-        return sum(self.timings_ms.values())
+        """Device time from the start of the upload to the end of the download, waiting included."""
+        return sum(self.timings_ms.values()) + self.queue_ms
 
 
 @dataclass(frozen=True)
@@ -131,6 +171,11 @@ class OutputRequest:
     overlay: bool = False
     confidence: bool = False
     overlay_alpha: float = 0.5
+
+    @property
+    def flags(self) -> tuple[bool, bool, bool]:
+        """What changes the computation (and a captured graph); the alpha is only data."""
+        return (self.color, self.overlay, self.confidence)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -165,71 +210,131 @@ def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def recover_from_failure(exc: BaseException) -> str:
     """Classify a failed frame for the books and undo what it can: after a CUDA out-of-memory
-    error the allocator's cached blocks are returned so the next frame has room."""
+    error the allocator's cached blocks are returned so the next frame has room (under the
+    process-wide capture lock: emptying the cache during another thread's capture asserts)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            with CAPTURE_LOCK:
+                torch.cuda.empty_cache()
         return "out_of_memory"
     return "inference_error"
 
 
-def _pinned_copy(host_frame: torch.Tensor) -> torch.Tensor:
-    """The frame in page-locked memory, so its upload can be asynchronous.
+def _pinned_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked host memory, so copies to and from the device can be asynchronous.
 
     Pinned blocks come from torch's caching host allocator, which reuses a block only after the
     copies recorded on it have finished, so frames in flight never share one.
     """
-    pinned = torch.empty(host_frame.shape, dtype=torch.uint8, pin_memory=True)
-    pinned.copy_(host_frame)
-    return pinned
+    return torch.empty(tuple(shape), dtype=dtype, pin_memory=True)
+
+
+def _keep_for(tensor: torch.Tensor, stream: Any) -> None:
+    """Tell the caching allocator ``tensor`` is used on ``stream`` (freed only after that work)."""
+    tensor.record_stream(stream)
+
+
+def _completion_event() -> torch.cuda.Event:
+    """The event a caller waits on: ``blocking`` so the wait sleeps instead of spinning a core."""
+    return torch.cuda.Event(enable_timing=True, blocking=True)
+
+
+#: Which marks bound each figure, per path. Marks: start/upload on the upload stream;
+#: ``compute`` is recorded on the compute stream once it has waited for the upload stream, so
+#: (handoff, compute) is the queueing and every stage after it is the stage's own time.
+_EAGER_SPANS = {
+    "upload": ("start", "upload"), "preprocess": ("upload", "preprocess"), QUEUE: ("preprocess", "compute"),
+    "inference": ("compute", "inference"), "postprocess": ("inference", "postprocess"),
+    "download": ("postprocess", "download"),
+}
+_GRAPH_SPANS = {
+    "upload": ("start", "upload"), QUEUE: ("upload", "compute"), "preprocess": ("compute", "preprocess"),
+    "inference": ("preprocess", "inference"), "postprocess": ("inference", "postprocess"),
+    "download": ("postprocess", "download"),
+}
 
 
 class _Timer:
-    """Stage timestamps: CUDA events on the GPU (device time), perf_counter on the CPU."""
+    """Stage marks: CUDA events on the GPU (device time), perf_counter on the CPU."""
 
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
+    def __init__(self, cuda: bool, spans: dict[str, tuple[str, str]] = _EAGER_SPANS) -> None:
+        self.cuda, self.spans = cuda, spans
         self.marks: dict[str, Any] = {}
 
-    def mark(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
+    def mark(self, name: str, stream: Any = None, *, done: bool = False) -> None:
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
+            event = _completion_event() if done else torch.cuda.Event(enable_timing=True)
             event.record(stream)
             self.marks[name] = event
         else:
             self.marks[name] = time.perf_counter()
+            if name == "preprocess":  # nothing to wait for on the CPU: the compute starts now
+                self.marks["compute"] = self.marks[name]
 
-    def elapsed_ms(self) -> dict[str, float]:
-        """Per-stage milliseconds; call only after the last event has completed."""
-        names = ("start",) + STAGES
-        out = {}
-        for prev, stage in zip(names, names[1:]):
-            a, b = self.marks[prev], self.marks[stage]
-            out[stage] = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
-        return out
+    def elapsed_ms(self) -> tuple[dict[str, float], float]:
+        """Per-stage milliseconds and the queueing; call only after the last event completed."""
+
+        def span(first: str, last: str) -> float:
+            a, b = self.marks[first], self.marks[last]
+            return max(0.0, a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
+
+        return {s: span(*self.spans[s]) for s in STAGES}, span(*self.spans[QUEUE])
+
+
+class _GroupDone:
+    """What the frames of one group share: the timer, the completion event, one result read."""
+
+    def __init__(self, timer: _Timer, done: Any, size: int) -> None:
+        self.timer, self.done, self.size = timer, done, size
+        self._timings: tuple[dict[str, float], float] | None = None
+
+    def ready(self) -> bool:
+        return self.done is None or self.done.query()
+
+    def wait(self) -> tuple[dict[str, float], float]:
+        if self._timings is None:
+            if self.done is not None:
+                self.done.synchronize()
+            self._timings = self.timer.elapsed_ms()
+        return self._timings
 
 
 class PendingResult:
-    """A submitted frame; :meth:`result` waits for the GPU and returns host arrays."""
+    """A submitted frame; :meth:`result` waits for the device and returns host arrays."""
 
-    def __init__(self, timer: _Timer, host: dict[str, torch.Tensor], done: torch.cuda.Event | None) -> None:
-        self._timer, self._host, self._done = timer, host, done
+    def __init__(self, group: _GroupDone, host: dict[str, torch.Tensor]) -> None:
+        self._group, self._host = group, host
         self._result: SegmentationResult | None = None
 
     def ready(self) -> bool:
-        return self._done is None or self._done.query()
+        return self._group.ready()
 
     def result(self) -> SegmentationResult:
         if self._result is None:
-            if self._done is not None:
-                self._done.synchronize()
+            timings, queue_ms = self._group.wait()
             arrays = {k: v.numpy() for k, v in self._host.items()}
-            self._result = SegmentationResult(timings_ms=self._timer.elapsed_ms(), **arrays)
+            self._result = SegmentationResult(
+                timings_ms=dict(timings), queue_ms=queue_ms, batch_size=self._group.size, **arrays
+            )
         return self._result
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Frames that run through the model together: their positions in the call, sizes, flags."""
+
+    indices: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]
+    flags: tuple[tuple[bool, bool, bool], ...]
+
+    @property
+    def graph_key(self) -> tuple[Any, ...]:
+        """What a captured graph depends on: every frame's size and output flags, nothing else."""
+        return tuple(zip(self.sizes, self.flags, strict=True))
+
+
 class SegmentationEngine:
-    """Builds the configured model on the chosen device and segments frames."""
+    """Builds the configured model on the chosen device and segments frames (one or a batch)."""
 
     def __init__(self, config: EngineConfig, model: nn.Module | None = None) -> None:
         config.validate()
@@ -239,21 +344,29 @@ class SegmentationEngine:
         if self.precision != config.precision:
             LOG.warning("precision %s is CUDA-only; running fp32 on %s", config.precision, self.device)
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self._cuda = self.device.type == "cuda"
         self.model = model if model is not None else self._build_model(config)
         self.model.eval().to(self.device, self.dtype)
-        if self.device.type == "cuda":
+        if self._cuda:
             self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
         self.crf = self._build_crf(config)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
         self._palette = torch.from_numpy(_palette_for(config.num_classes)).to(self.device)
-        self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
         self._forward = self._compiled_model(config)
-        self._captured: OrderedDict[tuple[Any, ...], _CapturedPipeline] = OrderedDict()
+        self._preparer = Preparer(f"seg-engine-prepare-{id(self):x}")
+        self._compiled_shapes = PreparedCache(
+            self._compile_shape, MAX_COMPILED_SHAPES, what="torch.compile", retry_after=100,
+        )
+        self._captured = PreparedCache(
+            self._capture_group, MAX_CAPTURED_PIPELINES, before_evict=self._wait_for_frames_in_flight,
+            what="CUDA graph capture", retry_after=100,
+        )
+        self._recent: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     @staticmethod
     def _build_model(config: EngineConfig) -> nn.Module:
@@ -293,88 +406,134 @@ class SegmentationEngine:
 
     @property
     def asynchronous(self) -> bool:
-        """True when :meth:`submit` returns before the work is done (CUDA streams)."""
-        return self._cuda
+        """True when :meth:`submit_batch` returns before the work is done: CUDA streams and no
+        CRF (both CRFs read their lattice size or the whole frame on the host, which waits)."""
+        return self._cuda and self.crf is None
 
     def memory_allocated_mb(self) -> float | None:
         """GPU memory held by tensors (None on the CPU)."""
         return torch.cuda.memory_allocated(self.device) / 2**20 if self._cuda else None
 
+    # -- public API ------------------------------------------------------------------------------
     def infer(
         self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()
     ) -> SegmentationResult:
         """Segment one frame and wait for the result."""
         return self.submit(frame, outputs).result()
 
-    @torch.inference_mode()
+    def infer_batch(
+        self, frames: Sequence[np.ndarray | torch.Tensor], outputs: Sequence[OutputRequest]
+    ) -> list[SegmentationResult]:
+        """Segment frames together and wait for every result (in the order given)."""
+        return [p.result() for p in self.submit_batch(frames, outputs)]
+
     def submit(self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()) -> PendingResult:
         """Queue one uint8 HxWx3 RGB frame; returns before the GPU finishes (CUDA)."""
-        host_frame = as_frame_tensor(frame)
-        if not 0.0 <= outputs.overlay_alpha <= 1.0:
-            raise ValueError(f"overlay_alpha must be in [0, 1], got {outputs.overlay_alpha}")
-        if self._cuda:
-            return self._submit_cuda(host_frame, outputs)
-        timer = _Timer(cuda=False)
-        timer.mark("start")
-        rgb = host_frame.to(self.device)
-        timer.mark("upload")
-        x = self._preprocess(rgb)
-        timer.mark("preprocess")
-        logits = self._forward(x)
-        timer.mark("inference")
-        device_out = self._postprocess(logits, rgb, outputs)
-        timer.mark("postprocess")
-        host = {k: v.cpu() for k, v in device_out.items()}
-        timer.mark("download")
-        return PendingResult(timer, host, None)
+        return self.submit_batch([frame], [outputs])[0]
 
+    @torch.inference_mode()
     def submit_batch(
         self, frames: Sequence[np.ndarray | torch.Tensor], outputs: Sequence[OutputRequest]
     ) -> list[PendingResult]:
-        """Queue several frames (one output request each); one pending result per frame, in
-        order. This version submits them one by one (each result has ``batch_size`` 1)."""
+        """Queue frames (numpy or torch, host or already on the engine's device) with one output
+        request each; returns one :class:`PendingResult` per frame, in order.
+
+        Every frame is checked before any work is queued, so one bad frame raises
+        :class:`FrameError` (or ``ValueError`` for a bad request) and nothing of the call runs.
+        """
         if len(frames) != len(outputs):
-            raise ValueError(f"{len(frames)} frames but {len(outputs)} output requests")
-        return [self.submit(frame, out) for frame, out in zip(frames, outputs, strict=True)]
+            raise ValueError(f"got {len(frames)} frames but {len(outputs)} output requests")
+        if not frames:
+            return []
+        tensors = [as_frame_tensor(f) for f in frames]
+        for request in outputs:
+            if not 0.0 <= request.overlay_alpha <= 1.0:
+                raise ValueError(f"overlay_alpha must be in [0, 1], got {request.overlay_alpha}")
+        results: list[PendingResult | None] = [None] * len(tensors)
+        with SERVING.serving():
+            for group in self._groups(tensors, outputs):
+                self._remember(group)
+                members = [tensors[i] for i in group.indices]
+                requests = [outputs[i] for i in group.indices]
+                run = self._run_cuda if self._cuda else self._run_cpu
+                for i, pending in zip(group.indices, run(group, members, requests), strict=True):
+                    results[i] = pending
+        return results  # type: ignore[return-value]
 
-    def _submit_cuda(self, host_frame: torch.Tensor, outputs: OutputRequest) -> PendingResult:
+    def warmup(self, height: int, width: int, iterations: int = 2, batch_size: int = 1) -> None:
+        """Prepare batches of ``batch_size`` frames of ``height`` x ``width`` now (compile or
+        capture included, in the calling thread, yielding to frames being served) and run a few,
+        so cuDNN picks algorithms and buffers exist before real traffic."""
+        sizes = [(height, width)] * batch_size
+        self.prepare(sizes, [OutputRequest()] * batch_size)
+        frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for _ in range(iterations):
+            self.infer_batch([frame] * batch_size, [OutputRequest()] * batch_size)
+
+    def prepare(self, sizes: Sequence[tuple[int, int]], outputs: Sequence[OutputRequest]) -> None:
+        """Compile or capture, in the calling thread, what a ``submit_batch`` of frames of these
+        (H, W) sizes with these requests will use, so its first batch runs at full speed. Meant
+        for a loader thread before an engine is swapped in; holds the interpreter in short pieces
+        while frames are served (:func:`~seg_perception.preparation.yielding_to_serving`)."""
+        frames = [torch.zeros((h, w, 3), dtype=torch.uint8) for h, w in sizes]
+        with yielding_to_serving():
+            for group in self._groups(frames, outputs):
+                self._prepare_group(group, schedule=None)
+
+    def recent_batches(self) -> list[tuple[tuple[tuple[int, int], ...], tuple[OutputRequest, ...]]]:
+        """The (sizes, outputs) of the latest distinct batches served (at most
+        :data:`MAX_RECENT_BATCHES`): a reload passes each to the new engine's :meth:`prepare`."""
+        return [(sizes, outputs) for sizes, outputs in self._recent]
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Block until background preparation has finished (benchmarks and tests)."""
+        return self._preparer.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the background preparation thread (after its current job)."""
+        self._preparer.close()
+
+    # -- grouping and preparation ------------------------------------------------------------------
+    def _groups(self, tensors: Sequence[torch.Tensor], outputs: Sequence[OutputRequest]) -> list[_Group]:
+        """One group for everything with an inference size; per frame size without."""
+        by_key: dict[Hashable, list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            key = None if self.config.inference_size is not None else tuple(tensor.shape[:2])
+            by_key.setdefault(key, []).append(i)
+        return [
+            _Group(
+                indices=tuple(idx),
+                sizes=tuple((int(tensors[i].shape[0]), int(tensors[i].shape[1])) for i in idx),
+                flags=tuple(outputs[i].flags for i in idx),
+            )
+            for idx in by_key.values()
+        ]
+
+    def _remember(self, group: _Group) -> None:
+        key = (group.sizes, tuple(OutputRequest(*f) for f in group.flags))
+        self._recent[key] = None
+        self._recent.move_to_end(key)
+        while len(self._recent) > MAX_RECENT_BATCHES:
+            self._recent.popitem(last=False)
+
+    def _input_shape(self, group: _Group) -> tuple[int, int, int, int]:
+        h, w = self.config.inference_size or group.sizes[0]
+        return (len(group.sizes), 3, int(h), int(w))
+
+    def _schedule(self) -> Callable[[Callable[[], None]], None] | None:
+        return self._preparer.schedule if self.config.background_prepare else None
+
+    def _prepare_group(self, group: _Group, schedule: Callable[[Callable[[], None]], None] | None) -> Any:
+        """The prepared form of this group (graphs, or True for a compiled shape), or None to
+        serve it eagerly (being prepared, failed, or nothing to prepare)."""
         if self.config.compile == "cuda_graph":
-            return self._submit_cuda_graph(host_frame, outputs)
-        timer = _Timer(cuda=True)
-        with torch.cuda.stream(self._upload_stream):
-            rgb = self._upload(host_frame, timer)
-            x = self._preprocess(rgb)
-            timer.mark("preprocess", self._upload_stream)
-        self._compute_stream.wait_event(timer.marks["preprocess"])
-        rgb.record_stream(self._compute_stream)
-        x.record_stream(self._compute_stream)
-        with torch.cuda.stream(self._compute_stream):
-            logits = self._forward(x)
-            timer.mark("inference", self._compute_stream)
-            device_out = self._postprocess(logits, rgb, outputs)
-            timer.mark("postprocess", self._compute_stream)
-            host = self._download(device_out, timer)
-        return PendingResult(timer, host, timer.marks["download"])
-
-    def _upload(self, host_frame: torch.Tensor, timer: _Timer) -> torch.Tensor:
-        """Queue the uint8 frame's host -> device copy on the current (upload) stream."""
-        pinned = _pinned_copy(host_frame)
-        timer.mark("start", self._upload_stream)
-        rgb = pinned.to(self.device, non_blocking=True)
-        timer.mark("upload", self._upload_stream)
-        return rgb
-
-    def _download(self, device_out: dict[str, torch.Tensor], timer: _Timer) -> dict[str, torch.Tensor]:
-        """Queue device -> pinned host copies of the results on the compute stream."""
-        host = {}
-        for name, tensor in device_out.items():
-            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            host[name].copy_(tensor, non_blocking=True)
-        timer.mark("download", self._compute_stream)
-        return host
+            return self._captured.lookup(group.graph_key, schedule)
+        if self.config.compile == "torch_compile":
+            return self._compiled_shapes.lookup(self._input_shape(group), schedule)
+        return None
 
     def _compiled_model(self, config: EngineConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The model as the submit path calls it: eager, or compiled once by TorchInductor."""
+        """The model as the submit path calls it: eager, or compiled by TorchInductor."""
         if config.compile != "torch_compile":
             return self.model
         # Inductor's default mode: fused kernels without autotuning (minutes per frame shape)
@@ -382,18 +541,110 @@ class SegmentationEngine:
         # the upload/compute streams here; ``cuda_graph`` is the mode that removes launch cost.
         return torch.compile(self.model, dynamic=False)
 
-    def _submit_cuda_graph(self, host_frame: torch.Tensor, outputs: OutputRequest) -> PendingResult:
-        """Like :meth:`_submit_cuda`, with the device work replayed from captured CUDA graphs."""
-        pipeline = self._captured_pipeline(tuple(host_frame.shape), outputs)
-        timer = _Timer(cuda=True)
+    def _compile_shape(self, shape: Hashable) -> bool:
+        """Trace and compile the model for one input shape (dynamo caches it for later calls)."""
+        LOG.info("compiling the model for input %s", shape)
+        # An inference tensor, as served frames are: dynamo guards on the dispatch keys.
+        with torch.inference_mode(), self._side_stream():
+            x = torch.zeros(shape, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
+            if self._cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self._forward(x)
+        return True
+
+    def _capture_group(self, key: Hashable) -> _CapturedPipeline:
+        LOG.info("capturing CUDA graphs for %s", key)
+        with CAPTURE_LOCK, torch.inference_mode():
+            return _CapturedPipeline(self, key)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[None]:
+        """Preparation work on its own stream, never on the streams serving frames."""
+        if not self._cuda:
+            yield
+            return
+        side = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(side):
+            yield
+        side.synchronize()
+
+    def _wait_for_frames_in_flight(self) -> None:
+        """Before graphs are freed: frames in flight may still replay them."""
+        if self._cuda:
+            self._compute_stream.synchronize()
+
+    # -- the CPU path ----------------------------------------------------------------------------------
+    def _run_cpu(
+        self, group: _Group, frames: list[torch.Tensor], requests: list[OutputRequest]
+    ) -> list[PendingResult]:
+        prepared = self._prepare_group(group, self._schedule())
+        forward = self._forward if prepared else self.model
+        timer = _Timer(cuda=False)
+        timer.mark("start")
+        rgbs = [f.to(self.device) for f in frames]
+        timer.mark("upload")
+        x = self._preprocess_batch(rgbs)
+        timer.mark("preprocess")
+        logits = forward(x)
+        timer.mark("inference")
+        alphas = torch.tensor([r.overlay_alpha for r in requests], device=self.device)
+        device_out = [
+            self._postprocess(logits[i : i + 1], rgb, r.flags, alphas[i])
+            for i, (rgb, r) in enumerate(zip(rgbs, requests, strict=True))
+        ]
+        timer.mark("postprocess")
+        hosts = [{k: v.cpu() for k, v in out.items()} for out in device_out]
+        timer.mark("download")
+        done = _GroupDone(timer, None, len(frames))
+        return [PendingResult(done, host) for host in hosts]
+
+    # -- the CUDA paths -------------------------------------------------------------------------------
+    def _run_cuda(
+        self, group: _Group, frames: list[torch.Tensor], requests: list[OutputRequest]
+    ) -> list[PendingResult]:
+        prepared = self._prepare_group(group, self._schedule())
+        if self.config.compile == "cuda_graph" and prepared is not None:
+            return self._run_graphs(prepared, frames, requests)
+        forward = self._forward if prepared else self.model
+        timer = _Timer(cuda=True, spans=_EAGER_SPANS)
         with torch.cuda.stream(self._upload_stream):
-            rgb = self._upload(host_frame, timer)
-        self._compute_stream.wait_event(timer.marks["upload"])
-        rgb.record_stream(self._compute_stream)
+            rgbs = self._upload(frames, timer)
+            x = self._preprocess_batch(rgbs)
+            timer.mark("preprocess", self._upload_stream)
+        self._compute_stream.wait_event(timer.marks["preprocess"])
+        for tensor in (*rgbs, x):
+            _keep_for(tensor, self._compute_stream)
         with torch.cuda.stream(self._compute_stream):
-            # The graphs read one static input buffer; filling it on the compute stream orders
-            # it after the previous frame's replay, so a frame in flight is never overwritten.
-            pipeline.rgb.copy_(rgb, non_blocking=True)
+            timer.mark("compute", self._compute_stream)
+            logits = forward(x)
+            timer.mark("inference", self._compute_stream)
+            alphas = self._alphas(requests)
+            device_out = [
+                self._postprocess(logits[i : i + 1], rgb, r.flags, alphas[i])
+                for i, (rgb, r) in enumerate(zip(rgbs, requests, strict=True))
+            ]
+            timer.mark("postprocess", self._compute_stream)
+            hosts = self._download(device_out, timer)
+        done = _GroupDone(timer, timer.marks["download"], len(frames))
+        return [PendingResult(done, host) for host in hosts]
+
+    def _run_graphs(
+        self, pipeline: _CapturedPipeline, frames: list[torch.Tensor], requests: list[OutputRequest]
+    ) -> list[PendingResult]:
+        """Like the eager path, with the device work replayed from captured CUDA graphs."""
+        timer = _Timer(cuda=True, spans=_GRAPH_SPANS)
+        with torch.cuda.stream(self._upload_stream):
+            rgbs = self._upload(frames, timer)
+        self._compute_stream.wait_event(timer.marks["upload"])
+        for rgb in rgbs:
+            _keep_for(rgb, self._compute_stream)
+        with torch.cuda.stream(self._compute_stream):
+            timer.mark("compute", self._compute_stream)
+            # The graphs read static input buffers; filling them on the compute stream orders it
+            # after the previous batch's replay, so a batch in flight is never overwritten.
+            for static, rgb in zip(pipeline.rgbs, rgbs, strict=True):
+                static.copy_(rgb, non_blocking=True)
+            pipeline.alphas.copy_(self._alphas(requests), non_blocking=True)
             pipeline.preprocess.replay()
             timer.mark("preprocess", self._compute_stream)
             pipeline.inference.replay()
@@ -402,25 +653,62 @@ class SegmentationEngine:
                 pipeline.postprocess.replay()
                 device_out = pipeline.outputs
             else:
-                device_out = self._postprocess(pipeline.logits, pipeline.rgb, outputs)
+                device_out = [
+                    self._postprocess(pipeline.logits[i : i + 1], static, r.flags, pipeline.alphas[i])
+                    for i, (static, r) in enumerate(zip(pipeline.rgbs, requests, strict=True))
+                ]
             timer.mark("postprocess", self._compute_stream)
-            host = self._download(device_out, timer)
-        return PendingResult(timer, host, timer.marks["download"])
+            hosts = self._download(device_out, timer)
+        done = _GroupDone(timer, timer.marks["download"], len(frames))
+        return [PendingResult(done, host) for host in hosts]
 
-    def _captured_pipeline(self, shape: tuple[int, ...], outputs: OutputRequest) -> _CapturedPipeline:
-        """The graphs for this frame shape and output request, captured on first use."""
-        key = (shape, outputs)
-        pipeline = self._captured.get(key)
-        if pipeline is not None:
-            self._captured.move_to_end(key)
-            return pipeline
-        if len(self._captured) >= MAX_CAPTURED_PIPELINES:
-            # Frames in flight may still replay the graphs about to be freed.
-            self._compute_stream.synchronize()
-            self._captured.popitem(last=False)
-        LOG.info("capturing CUDA graphs for frames %s, outputs %s", shape, outputs)
-        pipeline = self._captured[key] = _CapturedPipeline(self, shape, outputs)
-        return pipeline
+    def _alphas(self, requests: Sequence[OutputRequest]) -> torch.Tensor:
+        """Overlay alphas as a device tensor (data, not part of any graph or compile key)."""
+        return torch.tensor([r.overlay_alpha for r in requests], dtype=torch.float32).to(
+            self.device, non_blocking=True
+        )
+
+    def _upload(self, frames: Sequence[torch.Tensor], timer: _Timer) -> list[torch.Tensor]:
+        """Queue each uint8 frame's host -> device copy on the upload stream; frames already on
+        the device are used in place (the upload stream first waits for the caller's stream,
+        where their producer, e.g. a GPU JPEG decoder, queued them)."""
+        pinned = [None if f.device == self.device else _pinned_empty(f.shape, torch.uint8) for f in frames]
+        for buffer, frame in zip(pinned, frames, strict=True):
+            if buffer is not None:
+                buffer.copy_(frame)
+        if any(buffer is None for buffer in pinned):
+            self._upload_stream.wait_stream(torch.cuda.current_stream(self.device))
+        timer.mark("start", self._upload_stream)
+        rgbs = []
+        for buffer, frame in zip(pinned, frames, strict=True):
+            if buffer is None:
+                _keep_for(frame, self._upload_stream)
+                rgbs.append(frame)
+            else:
+                rgbs.append(buffer.to(self.device, non_blocking=True))
+        timer.mark("upload", self._upload_stream)
+        return rgbs
+
+    def _download(self, device_out: Sequence[dict[str, torch.Tensor]], timer: _Timer) -> list[dict[str, torch.Tensor]]:
+        """Queue device -> pinned host copies of each frame's results on the compute stream; the
+        last mark is the blocking completion event the results wait on."""
+        hosts = []
+        for out in device_out:
+            host = {}
+            for name, tensor in out.items():
+                host[name] = _pinned_empty(tensor.shape, tensor.dtype)
+                host[name].copy_(tensor, non_blocking=True)
+            hosts.append(host)
+        timer.mark("download", self._compute_stream, done=True)
+        return hosts
+
+    # -- device work shared by every path ------------------------------------------------------------------
+    def _preprocess_batch(self, rgbs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 HxWx3 frames -> one normalised Nx3xhxw batch in the model's dtype."""
+        xs = [self._preprocess(rgb) for rgb in rgbs]
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        # One fixed layout: compiled code is specialised (guarded) on strides.
+        return x.contiguous(memory_format=torch.channels_last if self._cuda else torch.contiguous_format)
 
     def _preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8 HxWx3 -> normalised 1x3xhxw in the model's dtype at the inference size."""
@@ -430,22 +718,20 @@ class SegmentationEngine:
         if size is not None and tuple(size) != tuple(x.shape[-2:]):
             downscale = size[0] < x.shape[-2] or size[1] < x.shape[-1]
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=downscale)
-        x = x.to(self.dtype)
-        if self._cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.to(self.dtype)
 
     def _postprocess(
-        self, logits: torch.Tensor, rgb: torch.Tensor, outputs: OutputRequest
+        self, logits: torch.Tensor, rgb: torch.Tensor, flags: tuple[bool, bool, bool], alpha: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Logits at inference size -> uint8 labels (and extras) at the frame size, on device."""
+        """One frame's logits at inference size -> uint8 labels (and extras) at the frame size."""
+        want_color, want_overlay, want_confidence = flags
         height, width = rgb.shape[:2]
         if tuple(logits.shape[-2:]) != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         out: dict[str, torch.Tensor] = {}
         if self.crf is not None:
             probs = self.crf(logits, rgb)  # refined marginals, already normalised
-        elif outputs.confidence:
+        elif want_confidence:
             probs = torch.softmax(logits.float(), dim=1)
         else:
             probs = None
@@ -455,63 +741,69 @@ class SegmentationEngine:
             labels = logits.max(dim=1).indices
         else:
             confidence, labels = probs.max(dim=1)
-            if outputs.confidence:
+            if want_confidence:
                 out["confidence"] = (confidence[0] * 255.0).round().to(torch.uint8)
         labels = labels[0].to(torch.uint8)
         out["labels"] = labels
-        if outputs.color or outputs.overlay:
+        if want_color or want_overlay:
             color = self._palette[labels.long()]
-            if outputs.color:
+            if want_color:
                 out["color"] = color
-            if outputs.overlay:
-                a = outputs.overlay_alpha
-                blended = rgb.float() * (1.0 - a) + color.float() * a
+            if want_overlay:
+                blended = rgb.float() * (1.0 - alpha) + color.float() * alpha
                 out["overlay"] = blended.round().clamp_(0, 255).to(torch.uint8)
         return out
 
-    def warmup(self, height: int, width: int, iterations: int = 2) -> None:
-        """Run a few frames so cuDNN picks algorithms and buffers exist before real traffic."""
-        frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-        for _ in range(iterations):
-            self.infer(frame)
+
+def _capture_graph(fn: Callable[[], Any], pool: Any) -> tuple[Any, Any]:
+    """Capture ``fn``'s kernels as one CUDA graph; returns (graph, fn's static outputs).
+
+    ``thread_local``: another thread's CUDA calls (frames served eagerly while this captures)
+    must not invalidate the capture; only this thread is restricted.
+    """
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = fn()
+    return graph, out
 
 
 class _CapturedPipeline:
-    """CUDA graphs of preprocess, model and postprocess for one frame shape and output request.
+    """CUDA graphs of preprocess, model and postprocess for one group key (every frame's size
+    and output flags).
 
     Replaying three graphs replaces launching hundreds of small kernels from Python, which is
-    what bounds a network like RegSeg at batch 1. The graphs work on static device buffers
-    (``rgb`` in; ``x``, ``logits``, ``outputs``); three graphs rather than one keep the per-stage
-    timings. They share one memory pool, which is safe because they are always replayed in
-    capture order on one stream. A CRF may leave the device, so with one the postprocess runs
-    eagerly on the captured logits.
+    what bounds a network like RegSeg at small batches. The graphs work on static device buffers
+    (``rgbs`` and ``alphas`` in; ``x``, ``logits``, ``outputs``); three graphs rather than one
+    keep the per-stage timings. They share one memory pool, which is safe because they are always
+    replayed in capture order on one stream. A CRF may leave the device, so with one the
+    postprocess runs eagerly on the captured logits. Built under :data:`CAPTURE_LOCK`.
     """
 
-    def __init__(self, engine: SegmentationEngine, shape: tuple[int, ...], outputs: OutputRequest) -> None:
-        self.rgb = torch.zeros(shape, dtype=torch.uint8, device=engine.device)
+    def __init__(self, engine: SegmentationEngine, key: tuple[tuple[Any, Any], ...]) -> None:
+        sizes = [size for size, _ in key]
+        flags = [f for _, f in key]
+        self.rgbs = [torch.zeros((h, w, 3), dtype=torch.uint8, device=engine.device) for h, w in sizes]
+        self.alphas = torch.full((len(key),), 0.5, dtype=torch.float32, device=engine.device)
+
+        def preprocess() -> torch.Tensor:
+            return engine._preprocess_batch(self.rgbs)
+
+        def postprocess(logits: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            return [engine._postprocess(logits[i : i + 1], rgb, f, self.alphas[i])
+                    for i, (rgb, f) in enumerate(zip(self.rgbs, flags, strict=True))]
+
         # Warm up outside the capture, on a side stream as CUDA graphs require, so lazy set-up
         # (cuDNN algorithm choice, workspaces) is not recorded into the graphs.
-        side = torch.cuda.Stream(engine.device)
-        side.wait_stream(torch.cuda.current_stream(engine.device))
-        with torch.cuda.stream(side):
+        with engine._side_stream():
             for _ in range(2):
-                engine._postprocess(engine.model(engine._preprocess(self.rgb)), self.rgb, outputs)
-        torch.cuda.current_stream(engine.device).wait_stream(side)
-        # thread_local: another thread's CUDA calls (the node building a new engine while this
-        # one serves) must not invalidate the capture; only this thread is restricted.
-        self.preprocess = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.preprocess, capture_error_mode="thread_local"):
-            self.x = engine._preprocess(self.rgb)
+                postprocess(engine.model(preprocess()))
+        self.preprocess, self.x = _capture_graph(preprocess, None)
         pool = self.preprocess.pool()
-        self.inference = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.inference, pool=pool, capture_error_mode="thread_local"):
-            self.logits = engine.model(self.x)
-        self.postprocess: torch.cuda.CUDAGraph | None = None
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.inference, self.logits = _capture_graph(lambda: engine.model(self.x), pool)
+        self.postprocess: Any = None
+        self.outputs: list[dict[str, torch.Tensor]] = []
         if engine.crf is None:
-            self.postprocess = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.postprocess, pool=pool, capture_error_mode="thread_local"):
-                self.outputs = engine._postprocess(self.logits, self.rgb, outputs)
+            self.postprocess, self.outputs = _capture_graph(lambda: postprocess(self.logits), pool)
 
 
 def _palette_for(num_classes: int) -> np.ndarray:
