@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int
     if args.workers is not None:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        import_ray()  # says what to install before any work is done
+        import_ray(local=not (args.ray_address or os.environ.get("RAY_ADDRESS")))  # says what to install
     values = _values(args)
     if not values["weights"]:
         _print_untrained_banner()

@@ -35,7 +35,19 @@ class RayUnavailable(ValueError):
     """``--workers`` was asked for but Ray is not installed."""
 
 
-def import_ray() -> Any:
+#: Environment of a local instance: every Ray socket on 127.0.0.1 (Ray otherwise binds the
+#: machine's routable address, as a cluster head must) and no usage statistics sent anywhere.
+#: Read when ``ray`` is first imported.
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def import_ray(local: bool = True) -> Any:
+    """``ray``, configured for a loopback-only local instance unless a cluster is to be joined."""
+    if local:
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
@@ -127,25 +139,27 @@ class _Slot:
     busy_s: float = 0.0
 
 
+def _address(options: RayOptions) -> str | None:
+    return options.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def _connect(ray: Any, options: RayOptions) -> tuple[bool, str]:
     """Join the cluster or start a local instance; (whether we started it, how)."""
     if ray.is_initialized():
         return False, "already initialised in this process"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
-    address = options.address or os.environ.get("RAY_ADDRESS")
+    address = _address(options)
     if address:
         ray.init(address=address, log_to_driver=False)
         return True, f"joined cluster {clip(address, 100)}"
     ray.init(num_cpus=options.workers * max(1, options.threads), include_dashboard=False,
-             object_store_memory=options.object_store_bytes, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+             object_store_memory=options.object_store_bytes, log_to_driver=False)
     return True, "local instance on 127.0.0.1"
 
 
 def run_on_ray(tasks: list[Task], values: dict[str, Any], options: RayOptions,
                on_progress: Callable[[Progress], None] | None = None) -> RunOutcome:
     """Run every task on Ray workers; see the module docstring for retries and accounting."""
-    ray = import_ray()
+    ray = import_ray(local=_address(options) is None)
     if options.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {options.workers}")
     if options.gpus_per_worker < 0:
