@@ -61,12 +61,13 @@ def _is_bag(path: Path) -> bool:
 
 
 def _expand(entry: Path) -> list[Path]:
-    """A bag, or every bag directly inside a folder of bags."""
+    """A bag, or every bag below a folder (any depth, not looking inside bags), in path order."""
     if not entry.exists():
         raise DriveListError(f"bag not found: {clip(str(entry))}")
     if _is_bag(entry):
         return [entry]
-    bags = sorted(p for p in entry.iterdir() if p.is_dir() and _is_bag(p)) if entry.is_dir() else []
+    bags = sorted(p.parent for p in entry.rglob("metadata.yaml")) if entry.is_dir() else []
+    bags = [b for b in bags if not any(parent in bags for parent in b.parents)]
     if not bags:
         raise DriveListError(f"{clip(str(entry))} is neither a rosbag2 bag (no metadata.yaml) nor a folder of bags")
     return bags
