@@ -71,6 +71,15 @@ def test_compressed_images_decode_and_report_quality(root: Path, tmp_path: Path)
     assert png[0].image.format == "rgb8; png compressed bgr8"
     np.testing.assert_array_equal(frame_rgb(png[1].image), list(render_drive(2, *SIZE))[1][0])
     np.testing.assert_array_equal(png[1].gt, list(render_drive(2, *SIZE))[1][1])  # ground truth stays mono8
+    # The single-bag report says how the images were stored; the live replay refuses them clearly.
+    report, paths = evaluate(EvalOptions(bag=tmp_path / "png" / "bag", out=tmp_path / "rep", mode="offline",
+                                         overlays=1, threads=1, progress=False), resolve_params(device="cpu"))
+    assert report["bag"]["input"]["transport"] == "compressed" and report["bag"]["input"]["codec"] == "png"
+    assert report["frames"]["evaluated"] == 2 and len(report["files"]["overlays"]) == 1
+    assert "- images: compressed png (format 'rgb8; png compressed bgr8')" in paths["markdown"].read_text()
+    with pytest.raises(ValueError, match="--mode offline"):
+        evaluate(EvalOptions(bag=tmp_path / "png" / "bag", out=tmp_path / "live", mode="live"),
+                 resolve_params(device="cpu"))
 
 
 def test_cityscapes_to_bag_writes_compressed_images(root: Path, tmp_path: Path) -> None:

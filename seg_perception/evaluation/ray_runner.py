@@ -131,6 +131,8 @@ class EvalWorker:
 class _Slot:
     index: int
     actor: Any
+    #: Pending ``info()`` call; resolved into ``info`` without blocking the dispatch loop.
+    info_ref: Any = None
     info: dict[str, Any] | None = None
     task: Task | None = None
     alive: bool = True
@@ -181,16 +183,28 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
     slots: list[_Slot] = []
 
     def new_slot() -> _Slot:
-        slot = _Slot(len(slots), worker_cls.remote(values, options.seed, options.threads, board))
+        actor = worker_cls.remote(values, options.seed, options.threads, board)
+        slot = _Slot(len(slots), actor, actor.info.remote())
         slots.append(slot)
         return slot
 
-    for _ in range(min(options.workers, max(1, len(tasks)))):
+    def resolve_info(timeout: float = 0.0) -> None:
+        """Fill in the info of workers whose engine is up (a replacement is not waited for)."""
+        for slot in slots:
+            if slot.info is None and slot.info_ref is not None:
+                done, _ = ray.wait([slot.info_ref], timeout=timeout)
+                if done:
+                    try:
+                        slot.info = ray.get(slot.info_ref)
+                    except ray.exceptions.RayError:
+                        slot.info_ref = None  # its tasks fail as a dead worker's would
+
+    for _ in range(min(options.workers, len(tasks))):
         new_slot()
-    # Each worker loads its model once; a model that cannot load is a configuration error.
+    # Each first worker loads its model once; a model that cannot load is a configuration error.
     for slot in slots:
         try:
-            slot.info = ray.get(slot.actor.info.remote())
+            slot.info = ray.get(slot.info_ref)
         except ray.exceptions.RayError as exc:
             raise ValueError(f"a worker could not build its engine: {clip(str(exc), 500)}") from None
     engine = slots[0].info["engine"] if slots else None
@@ -223,6 +237,7 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
     assign()
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+        resolve_info()
         if on_progress is not None:
             counts = ray.get(board.snapshot.remote())
             done = sum(r["frames"] for r in results.values())
@@ -242,12 +257,7 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
                                  retry=True)
                 if queue and replacements_left > 0:
                     replacements_left -= 1
-                    replacement = new_slot()
-                    try:
-                        replacement.info = ray.get(replacement.actor.info.remote())
-                    except ray.exceptions.RayError as err:
-                        replacement.alive = False
-                        retries.setdefault(task.task_id, []).append(clip(f"replacement worker failed: {err}"))
+                    new_slot()  # loads its engine while the other workers go on
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 give_up_or_retry(task, clip(f"{type(cause).__name__}: {cause}"),
@@ -264,6 +274,7 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
                 failures[task.task_id] = ("no worker left to run it (all died, replacements used up)",
                                           attempts[task.task_id])
     elapsed = time.perf_counter() - start
+    resolve_info(timeout=1.0)
     frames = sum(r["frames"] for r in results.values())
     per_worker = [{"worker": s.index, "pid": s.info["pid"] if s.info else None,
                    "node": s.info["node"] if s.info else None, "gpu_ids": s.info["gpu_ids"] if s.info else [],
