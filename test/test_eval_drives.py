@@ -14,9 +14,10 @@ import pytest
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_images import CompressedFrame, frame_rgb, jpeg_quality
 from seg_perception.evaluation.bag_io import DriveBag, camera_topics, find_cameras
-from seg_perception.evaluation.evaluate import DrivesOptions, EvalOptions, evaluate, evaluate_drives, resolve_params
+from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
 from seg_perception.evaluation.fleet import DriveListError, collect_drives, load_tags, plan_tasks
 from seg_perception.evaluation.fleet_report import PLOTS
+from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
 from seg_perception.evaluation.metrics import summarize
 from seg_perception.evaluation.sample_drive import make_sample_drive, parse_cameras, render_drive
 from seg_perception.image_conversion import ImageRejected

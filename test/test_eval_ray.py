@@ -14,8 +14,9 @@ import pytest
 
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_io import find_cameras
-from seg_perception.evaluation.evaluate import DrivesOptions, EvalOptions, evaluate, evaluate_drives, resolve_params
+from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
 from seg_perception.evaluation.fleet import collect_drives
+from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
 from seg_perception.evaluation.metrics import summarize
 from seg_perception.evaluation.ray_runner import LOCAL_ENV, RayOptions, import_ray
 from seg_perception.evaluation.sample_drive import make_sample_drive, parse_cameras

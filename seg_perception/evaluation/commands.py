@@ -109,8 +109,8 @@ def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
 
 
 def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int:
-    from .evaluate import DrivesOptions, evaluate_drives
     from .fleet_report import frames_text
+    from .many_drives import DrivesOptions, evaluate_drives
     from .ray_runner import RayOptions, import_ray
     from .report import pct
 
