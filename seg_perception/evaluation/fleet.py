@@ -103,7 +103,8 @@ def collect_drives(bags: Sequence[str] = (), bags_from: str | None = None) -> li
 def load_tags(path: str, drives: list[Drive]) -> tuple[list[Drive], list[str]]:
     """Attach ``tags.yaml`` (bag -> {key: value}) to the drives; returns them and notes.
 
-    A key matches a drive by its path as given, its resolved path or its name. Tags of bags that
+    A key matches a drive by its path (as given, absolute, or relative to the tags file) or its
+    name in the report (the bag folder's name, with its parent when two bags share a name). Tags of bags that
     are not evaluated are noted, not an error (one tags file serves many runs).
     """
     file = Path(path)
@@ -118,7 +119,7 @@ def load_tags(path: str, drives: list[Drive]) -> tuple[list[Drive], list[str]]:
     used: set[str] = set()
     tagged = []
     for drive in drives:
-        keys = (drive.path, str(Path(drive.path).resolve()), drive.name, Path(drive.path).name)
+        keys = (drive.path, str(Path(drive.path).resolve()), drive.name)
         match = next((k for k in data if str(k) in keys or str(Path(file.parent, str(k)).resolve()) == keys[1]), None)
         tags = {}
         if match is not None:

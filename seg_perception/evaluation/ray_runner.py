@@ -27,6 +27,8 @@ from .fleet import DATA_ERRORS, RunOutcome, Task, build_engine, clip, run_task
 INSTALL_HINT = "--workers needs Ray: pip install 'seg_perception[cluster]' (or pip install 'ray[default]')"
 #: How often the driver refreshes the progress bar while it waits, seconds.
 POLL_S = 0.1
+#: How long the first workers may take to be placed and load their engine, seconds.
+WORKER_START_TIMEOUT_S = 600.0
 #: How often a worker reports its frame count to the progress board, seconds.
 REPORT_S = 0.2
 
@@ -177,6 +179,10 @@ def run_on_ray(tasks: list[Task], values: dict[str, Any], options: RayOptions,
 def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOptions,
          on_progress: Callable[[Progress], None] | None, how: str) -> RunOutcome:
     resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    if options.gpus_per_worker > 0 and gpus < options.gpus_per_worker and how.startswith("local"):
+        raise ValueError(f"--gpus-per-worker {options.gpus_per_worker:g} but this machine has {gpus:g} GPUs for Ray: "
+                         f"use --device cpu or --gpus-per-worker 0")
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     worker_cls = ray.remote(num_cpus=max(1, options.threads), num_gpus=options.gpus_per_worker,
                             max_restarts=0)(EvalWorker)
@@ -204,7 +210,11 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
     # Each first worker loads its model once; a model that cannot load is a configuration error.
     for slot in slots:
         try:
-            slot.info = ray.get(slot.info_ref)
+            slot.info = ray.get(slot.info_ref, timeout=WORKER_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise ValueError(f"workers were not started within {WORKER_START_TIMEOUT_S:.0f} s: the cluster cannot "
+                             f"place {options.threads} CPU(s) + {options.gpus_per_worker:g} GPU(s) per worker "
+                             f"(resources: {clip(str(resources), 300)})") from None
         except ray.exceptions.RayError as exc:
             raise ValueError(f"a worker could not build its engine: {clip(str(exc), 500)}") from None
     engine = slots[0].info["engine"] if slots else None
@@ -234,17 +244,21 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
         else:
             failures[task.task_id] = (reason, attempts[task.task_id])
 
+    def report_progress() -> None:
+        if on_progress is None:
+            return
+        counts = ray.get(board.snapshot.remote())
+        done = sum(r["frames"] for r in results.values())
+        running = {s.index: (s.info["pid"] if s.info else -1, s.task.task_id,
+                             counts.get((s.task.task_id, attempts[s.task.task_id]), 0))
+                   for s in slots if s.task is not None}
+        on_progress(Progress(done + sum(n for _, _, n in running.values()), total, running))
+
     assign()
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
         resolve_info()
-        if on_progress is not None:
-            counts = ray.get(board.snapshot.remote())
-            done = sum(r["frames"] for r in results.values())
-            running = {s.index: (s.info["pid"] if s.info else -1, s.task.task_id,
-                                 counts.get((s.task.task_id, attempts[s.task.task_id]), 0))
-                       for s in slots if s.task is not None}
-            on_progress(Progress(done + sum(n for _, _, n in running.values()), total, running))
+        report_progress()
         for ref in ready:
             slot = in_flight.pop(ref)
             task, slot.task = slot.task, None
@@ -274,6 +288,7 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
                 failures[task.task_id] = ("no worker left to run it (all died, replacements used up)",
                                           attempts[task.task_id])
     elapsed = time.perf_counter() - start
+    report_progress()
     resolve_info(timeout=1.0)
     frames = sum(r["frames"] for r in results.values())
     per_worker = [{"worker": s.index, "pid": s.info["pid"] if s.info else None,
