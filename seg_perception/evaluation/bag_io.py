@@ -43,8 +43,6 @@ IMAGE_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/camera/semantic_gt"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-#: The camera name of a single-camera bag (its topics are IMAGE_TOPIC and GT_TOPIC).
-DEFAULT_CAMERA = "camera"
 #: Image codecs a bag can be written with (``--compressed``).
 CODECS = ("jpeg", "png")
 DEFAULT_JPEG_QUALITY = 90

@@ -8,6 +8,7 @@ confusion matrices and writes the report (:mod:`.fleet_report`).
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .fleet import (
     pool,
     run_local,
 )
-from .ray_runner import RayOptions
+from .ray_runner import Progress, RayOptions
 from .replay import check_model_classes
 
 
@@ -68,7 +69,7 @@ def _progress_bar(total: int, enabled: bool) -> tuple[Any, Any]:
 
 
 def evaluate_drives(options: DrivesOptions, values: dict[str, Any],
-                    on_progress: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
+                    on_progress: Callable[[Progress], None] | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate many drives offline (in this process or on Ray) and write one pooled report.
 
     ``on_progress`` (Ray only) is called with :class:`~.ray_runner.Progress` on every poll, after
@@ -91,7 +92,7 @@ def evaluate_drives(options: DrivesOptions, values: dict[str, Any],
 
             bar, update = _progress_bar(sum(t.frames for t in tasks), options.progress)
 
-            def progress(p: Any) -> None:
+            def progress(p: Progress) -> None:
                 update(p)
                 if on_progress is not None:
                     on_progress(p)
