@@ -122,7 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _bars(path: Path, labels: list[str], values: list[float | None], title: str, untrained: bool,
-          reference: float | None = None) -> None:
+          reference: float | None = None, xlabel: str = "mIoU %") -> None:
     """Horizontal bars of percentages (None drawn as n/a), one per label."""
     plt = R._pyplot()
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)), dpi=100)
@@ -138,7 +138,7 @@ def _bars(path: Path, labels: list[str], values: list[float | None], title: str,
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 105)
-    ax.set_xlabel("IoU %")
+    ax.set_xlabel(xlabel)
     if untrained:
         title += "\nUNTRAINED MODEL: not meaningful"
     ax.set_title(title, color="red" if untrained else "black")
@@ -150,7 +150,7 @@ def _bars(path: Path, labels: list[str], values: list[float | None], title: str,
 def write_plots(report: dict[str, Any], out: Path) -> None:
     pooled, untrained = report["pooled"]["metrics"], report["untrained"]
     _bars(out / PLOTS["class_iou"], list(CLASS_NAMES), [pooled["class_iou"][n] for n in CLASS_NAMES],
-          "Pooled per-class IoU", untrained, pooled["miou"])
+          "Pooled per-class IoU", untrained, pooled["miou"], xlabel="IoU %")
     ok = [d for d in report["drives"] if d["status"] == "ok"]
     _bars(out / PLOTS["drive_miou"], [d["name"][:40] for d in ok], [d["miou"] for d in ok], "mIoU per drive",
           untrained, pooled["miou"])
