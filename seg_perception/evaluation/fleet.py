@@ -318,9 +318,10 @@ def merge_drive(drive: Drive, results: list[dict[str, Any]]) -> dict[str, Any]:
             "cameras": cameras, "frames": add_accounting([c["frames"] for c in cameras.values()])}
 
 
-def failed_drive(drive: Drive, reason: str, attempts: int) -> dict[str, Any]:
+def failed_drive(drive: Drive, reason: str, attempts: int, retries: Sequence[str] = ()) -> dict[str, Any]:
+    """A drive left out of the pooled numbers: the final reason and every earlier attempt's."""
     return {"name": drive.name, "path": drive.path, "tags": drive.tags, "status": "failed",
-            "reason": clip(reason), "attempts": attempts}
+            "reason": clip(reason), "attempts": attempts, "retries": [clip(r) for r in retries]}
 
 
 def pool(drives: list[dict[str, Any]]) -> dict[str, Any]:
@@ -365,7 +366,7 @@ def drive_rows(drives: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for d in drives:
         if d["status"] != "ok":
-            rows.append({k: d[k] for k in ("name", "path", "tags", "status", "reason", "attempts")})
+            rows.append({k: d[k] for k in ("name", "path", "tags", "status", "reason", "attempts", "retries")})
             continue
         rows.append({
             "name": d["name"], "path": d["path"], "tags": d["tags"], "status": "ok",

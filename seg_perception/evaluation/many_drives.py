@@ -154,12 +154,13 @@ def _drive_outcomes(drives: list[Drive], tasks: list[Task], unplanned: dict[int,
         mine = [t for t in tasks if t.drive == index]
         failed = [t for t in mine if t.task_id in outcome.failures]
         attempts = max((outcome.attempts.get(t.task_id, 0) for t in mine), default=0)
+        retries = [r for t in mine for r in outcome.retries.get(t.task_id, [])]
         if failed:
             reason, tries = outcome.failures[failed[0].task_id]
-            out.append(failed_drive(drive, reason, tries))
+            out.append(failed_drive(drive, reason, tries, retries))
             continue
         merged = merge_drive(drive, [outcome.results[t.task_id] for t in mine])
         merged["attempts"] = attempts
-        merged["retries"] = [r for t in mine for r in outcome.retries.get(t.task_id, [])]
+        merged["retries"] = retries
         out.append(merged)
     return out
