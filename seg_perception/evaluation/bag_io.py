@@ -1,8 +1,15 @@
 """rosbag2 drives: camera images with ground-truth label images, written and read with ``rosbags``.
 
-A *drive bag* has two ``sensor_msgs/msg/Image`` topics whose messages share header stamps and
-``frame_id``: the camera image (rgb8 when we write it; any encoding the node accepts when we read)
-and the ground truth (mono8 Cityscapes label ids). ``rosbags`` needs no ROS install; the bags it
+A *drive bag* has, per camera, two topics whose messages share header stamps and ``frame_id``: the
+camera image and the ground truth (``sensor_msgs/msg/Image`` mono8 Cityscapes label ids, always
+lossless). The image is a ``sensor_msgs/msg/Image`` (rgb8 when we write it; any encoding the node
+accepts when we read) or, in a compressed bag, a ``sensor_msgs/msg/CompressedImage`` on
+``<image topic>/compressed`` as image_transport's compressed plugin writes it.
+
+Topic naming: camera ``<cam>`` records ``/<cam>/image_raw`` (or ``/<cam>/image_raw/compressed``)
+and ``/<cam>/semantic_gt``. A single-camera bag uses the camera name ``camera``, i.e. the
+historical ``/camera/image_raw`` and ``/camera/semantic_gt``; :func:`find_cameras` lists the
+cameras of a bag by this convention. ``rosbags`` needs no ROS install; the bags it
 writes are rosbag2 format version 9 (sqlite3 or mcap storage), the format ``ros2 bag`` writes on
 Jazzy, so Jazzy and later can play them.
 
@@ -18,20 +25,27 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.rosbag2.errors import ReaderError, WriterError
 from rosbags.typesys import Stores, get_typestore
 
+from .bag_images import CompressedFrame
+
 IMAGE_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/camera/semantic_gt"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+#: Image codecs a bag can be written with (``--compressed``).
+CODECS = ("jpeg", "png")
+DEFAULT_JPEG_QUALITY = 90
 STORAGES = ("sqlite3", "mcap")
 #: Ground-truth encodings we accept: one uint8 label id per pixel.
 GT_ENCODINGS = ("mono8", "8UC1")
@@ -42,6 +56,7 @@ PAIRING_WINDOW = 64
 #: ``sensor_msgs/msg/Image`` has had the same definition (and RIHS01 hash) since Humble.
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 _Image = TYPESTORE.types["sensor_msgs/msg/Image"]
+_CompressedImage = TYPESTORE.types["sensor_msgs/msg/CompressedImage"]
 _Header = TYPESTORE.types["std_msgs/msg/Header"]
 _Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
 
@@ -54,37 +69,85 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def camera_topics(camera: str) -> tuple[str, str]:
+    """(image topic, ground-truth topic) of a camera by the bag naming convention (module doc)."""
+    return f"/{camera}/image_raw", f"/{camera}/semantic_gt"
+
+
+def _header(stamp_ns: int, frame_id: str) -> Any:
+    return _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+                   frame_id=frame_id)
+
+
+def compressed_image_message(stamp_ns: int, frame_id: str, rgb: np.ndarray, codec: str,
+                             jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> Any:
+    """A ``rosbags`` CompressedImage of an RGB array, encoded as image_transport's plugin does.
+
+    The plugin encodes with OpenCV in BGR order and names the original and the compressed
+    encoding in ``format`` (``"rgb8; jpeg compressed bgr8"``), which is what readers parse.
+    """
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    flags = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if codec == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, data = cv2.imencode(".jpg" if codec == "jpeg" else ".png", bgr, flags)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {codec}")
+    return _CompressedImage(header=_header(stamp_ns, frame_id), format=f"rgb8; {codec} compressed bgr8",
+                            data=data.reshape(-1))
+
+
 def image_message(stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str) -> Any:
     """A ``rosbags`` Image message wrapping a uint8 HxW or HxWx3 array."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     channels = 1 if array.ndim == 2 else array.shape[2]
-    header = _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-                     frame_id=frame_id)
-    return _Image(header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
+    return _Image(header=_header(stamp_ns, frame_id), height=array.shape[0], width=array.shape[1], encoding=encoding,
                   is_bigendian=0, step=array.shape[1] * channels, data=array.reshape(-1))
 
 
 class DriveBagWriter:
-    """Writes paired image / ground-truth frames; use as a context manager."""
+    """Writes paired image / ground-truth frames of one or several cameras; a context manager.
+
+    ``cameras`` None writes one camera on ``image_topic``/``gt_topic``; a list of names writes
+    each camera on :func:`camera_topics`. ``compressed`` (``jpeg``/``png``) stores the images as
+    CompressedImage on ``<image topic>/compressed``; ground truth always stays lossless mono8.
+    """
 
     def __init__(self, path: str | Path, storage: str = "sqlite3", image_topic: str = IMAGE_TOPIC,
-                 gt_topic: str = GT_TOPIC) -> None:
+                 gt_topic: str = GT_TOPIC, *, cameras: Sequence[str] | None = None,
+                 compressed: str | None = None, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> None:
         self.path = Path(path)
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        if compressed is not None and compressed not in CODECS:
+            raise ValueError(f"compressed must be one of {', '.join(CODECS)}, got {compressed!r}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg quality must be in 1..100, got {jpeg_quality}")
+        if cameras is not None:
+            if not cameras or len(set(cameras)) != len(cameras):
+                raise ValueError(f"cameras must be distinct names, got {list(cameras)!r}")
+            self._topics = {name: camera_topics(name) for name in cameras}
+        else:
+            self._topics = {None: (image_topic, gt_topic)}
+        self.compressed, self.jpeg_quality = compressed, int(jpeg_quality)
         plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
         try:
             self._writer = Writer(self.path, version=9, storage_plugin=plugin)
         except WriterError as exc:
             raise ValueError(f"cannot write bag: {exc}") from exc
-        self._topics = (image_topic, gt_topic)
+        self._connections: dict[str | None, tuple[Any, Any]] = {}
         self.frames = 0
 
     def __enter__(self) -> DriveBagWriter:
         self._writer.open()
-        image_topic, gt_topic = self._topics
-        self._image_conn = self._writer.add_connection(image_topic, IMAGE_TYPE, typestore=TYPESTORE)
-        self._gt_conn = self._writer.add_connection(gt_topic, IMAGE_TYPE, typestore=TYPESTORE)
+        for camera, (image_topic, gt_topic) in self._topics.items():
+            if self.compressed:
+                image_conn = self._writer.add_connection(f"{image_topic}/compressed", COMPRESSED_TYPE,
+                                                         typestore=TYPESTORE)
+            else:
+                image_conn = self._writer.add_connection(image_topic, IMAGE_TYPE, typestore=TYPESTORE)
+            gt_conn = self._writer.add_connection(gt_topic, IMAGE_TYPE, typestore=TYPESTORE)
+            self._connections[camera] = (image_conn, gt_conn)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -92,13 +155,24 @@ class DriveBagWriter:
         if exc_type is not None:  # a half-written bag would pass for a short drive; remove it
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def write(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, label_ids: np.ndarray) -> None:
-        """One frame: rgb8 image and mono8 label ids under the same header, logged at the stamp."""
+    def write(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, label_ids: np.ndarray,
+              camera: str | None = None) -> None:
+        """One frame of ``camera`` (None: the single camera): image and mono8 label ids under the
+        same header, logged at the stamp."""
         if rgb.shape[:2] != label_ids.shape:
             raise ValueError(f"image {rgb.shape[:2]} and ground truth {label_ids.shape} differ in size")
-        for conn, msg in ((self._image_conn, image_message(stamp_ns, frame_id, rgb, "rgb8")),
-                          (self._gt_conn, image_message(stamp_ns, frame_id, label_ids, "mono8"))):
-            self._writer.write(conn, stamp_ns, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+        if camera not in self._connections:
+            raise ValueError(f"camera {camera!r} is not one of this bag's cameras "
+                             f"{[c for c in self._connections if c is not None]}")
+        image_conn, gt_conn = self._connections[camera]
+        if self.compressed:
+            image = compressed_image_message(stamp_ns, frame_id, rgb, self.compressed, self.jpeg_quality)
+            image_type = COMPRESSED_TYPE
+        else:
+            image, image_type = image_message(stamp_ns, frame_id, rgb, "rgb8"), IMAGE_TYPE
+        self._writer.write(image_conn, stamp_ns, TYPESTORE.serialize_cdr(image, image_type))
+        gt = image_message(stamp_ns, frame_id, label_ids, "mono8")
+        self._writer.write(gt_conn, stamp_ns, TYPESTORE.serialize_cdr(gt, IMAGE_TYPE))
         self.frames += 1
 
 
@@ -127,10 +201,13 @@ class BagInfo:
     image_count: int
     gt_count: int
     duration_s: float
+    #: ``raw`` (sensor_msgs/Image) or ``compressed`` (sensor_msgs/CompressedImage).
+    image_transport: str = "raw"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": self.path, "storage": self.storage, "image_topic": self.image_topic,
+            "image_transport": self.image_transport,
             "gt_topic": self.gt_topic, "image_count": self.image_count, "gt_count": self.gt_count,
             "duration_s": self.duration_s,
             "topics": {t: {"type": ty, "count": n} for t, (ty, n) in self.topics.items()},
@@ -164,6 +241,64 @@ def _describe_topics(topics: dict[str, tuple[str, int]]) -> str:
     return "topics in the bag: " + ", ".join(f"{t} ({ty}, {n} msgs)" for t, (ty, n) in sorted(topics.items()))
 
 
+def _resolve_image_topic(image_topic: str, topics: dict[str, tuple[str, int]]) -> str:
+    """The topic to read: ``image_topic``, or its ``/compressed`` sibling when only that exists."""
+    compressed = f"{image_topic}/compressed"
+    if image_topic not in topics and topics.get(compressed, ("",))[0] == COMPRESSED_TYPE:
+        return compressed
+    return image_topic
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    """One camera of a drive bag: its name and the topics to read."""
+
+    name: str
+    image_topic: str
+    gt_topic: str
+
+
+def list_cameras(topics: dict[str, tuple[str, int]]) -> list[CameraTopics]:
+    """Cameras by the naming convention: ``/<cam>/image_raw[/compressed]`` with ``/<cam>/semantic_gt``.
+
+    Raw images are preferred when a camera has both (lossless); sorted by name.
+    """
+    cameras = []
+    for topic, (msgtype, _) in sorted(topics.items()):
+        if topic.endswith("/semantic_gt") and msgtype == IMAGE_TYPE:
+            name = topic[1:-len("/semantic_gt")]
+            image_topic = _resolve_image_topic(camera_topics(name)[0], topics)
+            if image_topic in topics:
+                cameras.append(CameraTopics(name, image_topic, topic))
+    return cameras
+
+
+def find_cameras(path: str | Path, names: Sequence[str] | None = None) -> list[CameraTopics]:
+    """The cameras of the bag at ``path`` (all, or the given ``names`` in that order).
+
+    Raises :class:`BagError` naming the topics when the bag has no camera or lacks a named one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    try:
+        with Reader(path) as reader:
+            topics = {n: (i.msgtype or "(mixed types)", i.msgcount) for n, i in reader.topics.items()}
+    except (ReaderError, sqlite3.Error, OSError, KeyError, ValueError) as exc:
+        raise BagError(f"cannot open bag {path} (unreadable or not a rosbag2): {type(exc).__name__}: {exc}") from exc
+    found = {c.name: c for c in list_cameras(topics)}
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise BagError(f"bag {path} has no camera {', '.join(map(repr, missing))[:200]} (cameras: "
+                           f"{', '.join(found) or 'none'}); {_describe_topics(topics)}"[:2000])
+        return [found[n] for n in names]
+    if not found:
+        raise BagError(f"bag {path} has no camera (/<cam>/image_raw with /<cam>/semantic_gt); "
+                       f"{_describe_topics(topics)}"[:2000])
+    return list(found.values())
+
+
 class DriveBag:
     """A bag opened for evaluation. Use as a context manager; :meth:`frames` streams pairs."""
 
@@ -171,7 +306,7 @@ class DriveBag:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"bag not found: {self.path}")
-        self.image_topic, self.gt_topic = image_topic, gt_topic
+        self.gt_topic = gt_topic
         self.pairing = PairingStats()
         try:
             self._reader = Reader(self.path)
@@ -181,19 +316,23 @@ class DriveBag:
                            f"{type(exc).__name__}: {exc}") from exc
         topics = {name: (info.msgtype or "(mixed types)", info.msgcount)
                   for name, info in self._reader.topics.items()}
+        image_topic = _resolve_image_topic(image_topic, topics)
+        self.image_topic = image_topic
         for topic, role in ((image_topic, "image"), (gt_topic, "ground-truth")):
             if topic not in topics:
                 self._reader.close()
                 raise BagError(f"bag {self.path} has no {role} topic {topic!r}; {_describe_topics(topics)}")
-            if topics[topic][0] != IMAGE_TYPE:
+            allowed = (IMAGE_TYPE, COMPRESSED_TYPE) if role == "image" else (IMAGE_TYPE,)
+            if topics[topic][0] not in allowed:
                 self._reader.close()
-                raise BagError(f"{role} topic {topic!r} has type {topics[topic][0]}; only {IMAGE_TYPE} "
-                               f"is supported")
+                raise BagError(f"{role} topic {topic!r} has type {topics[topic][0]}; only "
+                               f"{' or '.join(allowed)} is supported")
         storage = "mcap" if any(self.path.rglob("*.mcap")) or self.path.suffix == ".mcap" else "sqlite3"
         self.info = BagInfo(
             path=str(self.path), storage=storage, topics=topics, image_topic=image_topic,
             gt_topic=gt_topic, image_count=topics[image_topic][1], gt_count=topics[gt_topic][1],
             duration_s=self._reader.duration / 1e9,
+            image_transport="compressed" if topics[image_topic][0] == COMPRESSED_TYPE else "raw",
         )
 
     def __enter__(self) -> DriveBag:
@@ -213,6 +352,8 @@ class DriveBag:
         try:
             for conn, _, raw in self._reader.messages(connections=connections):
                 msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+                if conn.msgtype == COMPRESSED_TYPE:  # give it the size fields pairing checks
+                    msg = CompressedFrame.of(msg)
                 read += 1
                 yield conn.topic, msg
         except BagError:

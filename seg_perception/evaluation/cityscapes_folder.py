@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bag_io import GT_TOPIC, IMAGE_TOPIC, DriveBagWriter
+from .bag_io import DEFAULT_JPEG_QUALITY, GT_TOPIC, IMAGE_TOPIC, DriveBagWriter
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 GT_SUFFIX = "_gtFine_labelIds.png"
@@ -100,8 +100,13 @@ def cityscapes_to_bag(
     root: str | Path, split: str, out: str | Path, cities: Sequence[str] | None = None,
     storage: str = "sqlite3", rate_hz: float = DEFAULT_RATE_HZ, frame_id: str = "camera",
     image_topic: str = IMAGE_TOPIC, gt_topic: str = GT_TOPIC, progress: bool = True,
+    compressed: str | None = None, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
 ) -> int:
-    """Write the split's frames to a drive bag at ``out``; returns the number of frames."""
+    """Write the split's frames to a drive bag at ``out``; returns the number of frames.
+
+    ``compressed`` (``jpeg``/``png``) stores the images on ``<image_topic>/compressed`` as
+    CompressedImage, as recorded drives usually do; the ground truth stays lossless mono8.
+    """
     if rate_hz <= 0:
         raise ValueError(f"rate must be > 0 Hz, got {rate_hz}")
     pairs = find_pairs(root, split, cities)
@@ -110,7 +115,8 @@ def cityscapes_to_bag(
         from tqdm import tqdm
 
         loop = tqdm(pairs, desc=f"cityscapes-to-bag {split}", unit="frame")
-    with DriveBagWriter(out, storage, image_topic, gt_topic) as writer:
+    with DriveBagWriter(out, storage, image_topic, gt_topic, compressed=compressed,
+                        jpeg_quality=jpeg_quality) as writer:
         for index, pair in enumerate(loop):
             rgb, gt = read_pair(pair)
             writer.write(stamp_ns(index, rate_hz), frame_id, rgb, gt)

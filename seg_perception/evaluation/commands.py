@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..cli import parse_size
+from .bag_io import IMAGE_TOPIC
 
 
 def _print_untrained_banner() -> None:
@@ -22,19 +24,25 @@ def cmd_cityscapes_to_bag(args: argparse.Namespace) -> int:
     from .cityscapes_folder import cityscapes_to_bag
 
     frames = cityscapes_to_bag(args.root, args.split, args.out, args.cities, args.storage, args.rate,
-                               args.frame_id)
-    print(f"wrote {frames} frames at {args.rate:g} Hz to {args.out} ({args.storage})")
+                               args.frame_id, compressed=args.compressed, jpeg_quality=args.jpeg_quality)
+    images = f"{args.compressed} compressed" if args.compressed else "raw"
+    print(f"wrote {frames} frames ({images} images) at {args.rate:g} Hz to {args.out} ({args.storage})")
     return 0
 
 
 def cmd_make_sample_drive(args: argparse.Namespace) -> int:
-    from .sample_drive import make_sample_drive
+    from .sample_drive import make_sample_drive, parse_cameras
 
+    cameras = parse_cameras(args.cameras) if args.cameras else None
     try:
-        drive = make_sample_drive(args.out, args.frames, args.size, args.seed, args.storage)
+        drive = make_sample_drive(args.out, args.frames, args.size, args.seed, args.storage, cameras=cameras,
+                                  compressed=args.compressed, jpeg_quality=args.jpeg_quality)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None
-    print(f"sample drive: {drive.frames} frames\n  Cityscapes folder: {drive.cityscapes}\n  bag: {drive.bag}")
+    topics = (", ".join(f"/{n}/image_raw{'/compressed' if args.compressed else ''} + /{n}/semantic_gt"
+                        for n, _ in cameras) if cameras else "/camera/image_raw + /camera/semantic_gt")
+    print(f"sample drive: {drive.frames} frames\n  Cityscapes folder: {drive.cityscapes}\n  bag: {drive.bag} "
+          f"({topics})")
     return 0
 
 
@@ -52,10 +60,10 @@ def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
     values = _values(args)
     if not values["weights"]:
         _print_untrained_banner()
-    options = EvalOptions(bag=bag, out=out, mode=args.mode, speed=args.speed, overlays=args.overlays,
+    options = EvalOptions(bag=bag, out=out, mode=args.mode or "live", speed=args.speed, overlays=args.overlays,
                           video=args.video, save_predictions=args.save_predictions, domain_id=args.domain_id,
-                          seed=args.seed, threads=args.threads, progress=not args.no_progress, image_topic=args.image_topic,
-                          gt_topic=args.gt_topic)
+                          seed=args.seed, threads=args.threads, progress=not args.no_progress,
+                          image_topic=args.image_topic or IMAGE_TOPIC, gt_topic=args.gt_topic)
     try:
         report, paths = evaluate(options, values)
     except RuntimeError as exc:  # DDS discovery or the node failing to start
@@ -73,8 +81,82 @@ def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
     return 0
 
 
+def _many(args: argparse.Namespace, drives: list) -> bool:
+    """Whether this is a many-drive evaluation: several drives or cameras, tags, workers or chunks."""
+    from .bag_io import BagError, find_cameras
+
+    if len(drives) > 1 or args.workers or args.tags or args.cameras or args.chunk_frames or args.bags_from:
+        return True
+    if args.image_topic is not None:  # one explicitly named camera topic: the single-bag report
+        return False
+    try:
+        names = [c.name for c in find_cameras(drives[0].path)]
+    except BagError:  # no camera by the naming convention; the single-bag reader says what is there
+        return False
+    return names != ["camera"]
+
+
+def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
+    if args.gpus_per_worker is not None:
+        return args.gpus_per_worker
+    if values["device"] == "cuda":
+        return 1.0
+    if values["device"] == "auto":
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+    return 0.0
+
+
+def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int:
+    from .fleet_report import frames_text
+    from .many_drives import DrivesOptions, evaluate_drives
+    from .ray_runner import RayOptions, import_ray
+    from .report import pct
+
+    if args.mode == "live":
+        raise ValueError("live mode evaluates one single-camera bag through the node; several drives or "
+                         "cameras are evaluated with --mode offline")
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        import_ray(local=not (args.ray_address or os.environ.get("RAY_ADDRESS")))  # says what to install
+    values = _values(args)
+    if not values["weights"]:
+        _print_untrained_banner()
+    ray_options = None
+    if args.workers:
+        ray_options = RayOptions(workers=args.workers, address=args.ray_address,
+                                 gpus_per_worker=_gpus_per_worker(args, values), threads=args.threads or 1,
+                                 max_retries=args.max_retries, seed=args.seed)
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+    options = DrivesOptions(drives=drives, out=Path(args.out), cameras=cameras, chunk_frames=args.chunk_frames,
+                            ray=ray_options, seed=args.seed, threads=None if args.workers else args.threads,
+                            progress=not args.no_progress, notes=notes)
+    report, paths = evaluate_drives(options, values)
+    pooled = report["pooled"]
+    print(f"\noffline evaluation of {len(drives)} drives: pooled mIoU {pct(pooled['metrics']['miou'])} %, "
+          f"{pooled['drives_ok']} ok, {pooled['drives_failed']} failed; frames: {frames_text(pooled['frames'])}")
+    for name, cam in report["cameras"].items():
+        print(f"  camera {name}: mIoU {pct(cam['metrics']['miou'])} %, {cam['frames']['evaluated']} frames evaluated")
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if report["untrained"]:
+        _print_untrained_banner()
+    print(f"\nreport: {paths['markdown']} (numbers in {paths['json']}, per frame in {paths['frames_csv']})")
+    return 1 if pooled["drives_failed"] else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    return _run_eval(args, Path(args.bag), Path(args.out))
+    from .fleet import collect_drives, load_tags
+
+    drives = collect_drives(args.bag or [], args.bags_from)
+    if not _many(args, drives):
+        return _run_eval(args, Path(drives[0].path), Path(args.out))
+    notes: list[str] = []
+    if args.tags:
+        drives, notes = load_tags(args.tags, drives)
+    return _run_drives(args, drives, notes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,8 +172,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
-    p.add_argument("--mode", default="live", choices=("live", "offline"),
-                   help="live: through seg_node over DDS at the recorded rate; offline: engine directly")
+    p.add_argument("--mode", default=None, choices=("live", "offline"),
+                   help="live: through seg_node over DDS at the recorded rate; offline: engine directly "
+                        "(default: live for one single-camera bag, offline for several drives or cameras)")
     p.add_argument("--config", default=None, help="seg_node parameters YAML (e.g. config/seg.yaml)")
     p.add_argument("--model", default=None)
     p.add_argument("--variant", default=None)
@@ -104,7 +187,9 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
     p.add_argument("--video", action="store_true", help="also write overlay.mp4 of every evaluated frame")
     p.add_argument("--save-predictions", action="store_true",
                    help="write predictions/<index>_pred_labelIds.png (Cityscapes label ids)")
-    p.add_argument("--image-topic", default="/camera/image_raw")
+    p.add_argument("--image-topic", default=None,
+                   help="image topic of a single-camera bag (default /camera/image_raw, or its /compressed); "
+                        "without it every camera /<cam>/image_raw with /<cam>/semantic_gt is found")
     p.add_argument("--gt-topic", default="/camera/semantic_gt")
     p.add_argument("--domain-id", type=int, default=None, help="ROS domain of a live run (default ROS_DOMAIN_ID)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (untrained runs)")
@@ -113,6 +198,32 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
                    f"torch intra-op threads (default {threads}: on a small shared CPU the node's DDS and "
                    f"executor threads need a core, and oversubscribed torch threads are far slower)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_compression_options(p: argparse.ArgumentParser) -> None:
+    from .bag_io import CODECS, DEFAULT_JPEG_QUALITY
+
+    p.add_argument("--compressed", default=None, choices=CODECS,
+                   help="store images as sensor_msgs/CompressedImage on <image topic>/compressed "
+                        "(ground truth stays lossless mono8)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help="with --compressed jpeg")
+
+
+def _add_drives_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many drives (offline)")
+    g.add_argument("--bags-from", default=None, help="text file with one bag path per line (# comments)")
+    g.add_argument("--tags", default=None, help="YAML: bag -> {key: value} (e.g. city, weather) for per-tag mIoU")
+    g.add_argument("--cameras", default=None, help="comma-separated camera names (default: every camera found)")
+    g.add_argument("--chunk-frames", type=int, default=0,
+                   help="split long drives into tasks of at most this many frames per camera (0: whole drives)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="run on Ray with N workers, each keeping one engine (local instance, or the cluster "
+                        "of --ray-address / RAY_ADDRESS)")
+    g.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default RAY_ADDRESS)")
+    g.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker, fractions share a GPU (default 1 with CUDA, else 0)")
+    g.add_argument("--max-retries", type=int, default=2,
+                   help="times a drive is retried after its worker died or failed (then reported failed)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +236,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
     p.add_argument("--rate", type=float, default=17.0, help="frame rate of the stamps, Hz")
     p.add_argument("--frame-id", default="camera")
+    _add_compression_options(p)
     p.set_defaults(func=cmd_cityscapes_to_bag)
 
     p = sub.add_parser("make-sample-drive", help="render the synthetic sample drive (folder + bag)")
@@ -133,12 +245,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=parse_size, default=(256, 512), help="HEIGHTxWIDTH")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
+    p.add_argument("--cameras", default=None,
+                   help="render the street from several cameras, e.g. front,left,right (or name=YAW_DEG); "
+                        "topics /<cam>/image_raw and /<cam>/semantic_gt per camera")
+    _add_compression_options(p)
     p.set_defaults(func=cmd_make_sample_drive)
 
-    p = sub.add_parser("eval", help="accuracy and timing of a drive bag: report.json, report.md, plots")
-    p.add_argument("--bag", required=True)
+    p = sub.add_parser("eval", help="accuracy and timing of drive bags: report.json, report.md, plots")
+    p.add_argument("--bag", action="append", default=None,
+                   help="a drive bag, or a folder of bags; repeat for several drives")
     p.add_argument("--out", required=True, help="report folder")
     _add_eval_options(p)
+    _add_drives_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="sample drive -> live evaluation through the node -> summary")

@@ -14,12 +14,13 @@ from .. import params as P
 from ..benchmark import machine_info
 from ..engine import SegmentationEngine, resolve_device
 from . import report as R
+from .bag_images import describe_input
 from .bag_io import GT_TOPIC, IMAGE_TOPIC, DriveBag
 from .metrics import summarize
 from .replay import MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
 
 #: Parameters that describe the label set, not the run; left out of the report's config.
-_LABEL_PARAMS = ("class_names", "palette")
+LABEL_PARAMS = ("class_names", "palette")
 
 
 def resolve_params(config: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -112,6 +113,13 @@ def _frames_section(ledger: Ledger, bag: DriveBag, live: dict[str, Any] | None) 
     }
 
 
+def _first_input(options: EvalOptions) -> dict[str, Any] | None:
+    """How the bag's images are stored (raw encoding, or codec and JPEG quality), from frame 0."""
+    with DriveBag(options.bag, options.image_topic, options.gt_topic) as bag:
+        first = next(bag.frames(), None)
+    return describe_input(first.image) if first is not None else None
+
+
 def evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run the evaluation and write the report; returns the report dict and the file paths."""
     threads = torch.get_num_threads()
@@ -133,6 +141,9 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
         torch.set_num_threads(options.threads)
     notes: list[str] = []
     with DriveBag(options.bag, options.image_topic, options.gt_topic) as bag:
+        if options.mode == "live" and bag.info.image_transport == "compressed":
+            raise ValueError(f"{bag.info.image_topic} holds compressed images; the live replay publishes raw "
+                             f"images: evaluate this bag with --mode offline")
         rate = (bag.info.image_count - 1) / bag.info.duration_s if bag.info.duration_s > 0 else 17.0
         ledger = Ledger(out, bag.info.image_count, options.overlays, options.save_predictions,
                         options.video, rate)
@@ -164,9 +175,9 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
         "schema_version": 1,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "mode": options.mode,
-        "bag": {**bag.info.as_dict()},
+        "bag": {**bag.info.as_dict(), "input": _first_input(options)},
         "untrained": not values["weights"],
-        "config": {k: v for k, v in values.items() if k not in _LABEL_PARAMS},
+        "config": {k: v for k, v in values.items() if k not in LABEL_PARAMS},
         "engine": engine_description,
         "versions": R.versions(),
         "machine": machine_info(resolve_device(values["device"])),
@@ -182,3 +193,4 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
     }
     paths = R.write_report(report, out)
     return R.json_safe(report), paths
+

@@ -87,7 +87,7 @@ def summarize(matrix: np.ndarray) -> dict[str, Any]:
     evaluated = int(matrix.sum())
     return {
         "miou": _nanmean(list(ious)),
-        "class_iou": {name: float(v) for name, v in zip(CLASS_NAMES, ious)},
+        "class_iou": {name: float(v) for name, v in zip(CLASS_NAMES, ious, strict=True)},
         "category_miou": _nanmean(list(categories.values())),
         "category_iou": categories,
         "pixel_accuracy": _ratio(np.trace(matrix), evaluated),

@@ -34,6 +34,7 @@ from ..engine import STAGES, SegmentationEngine
 from ..image_conversion import ImageRejected, check_image, image_msg_to_rgb
 from ..stats import percentiles
 from . import report as R
+from .bag_images import frame_rgb
 from .bag_io import BagFrame, DriveBag
 from .metrics import NUM_CLASSES, ConfusionMatrix
 
@@ -114,7 +115,7 @@ class Ledger:
         wants_overlay = bool(self._overlay_targets) and frame.index >= self._overlay_targets[0]
         if not (wants_overlay or self._video_path):
             return
-        panel = R.overlay_panel(image_msg_to_rgb(frame.image), labels, frame.gt, frame.index)
+        panel = R.overlay_panel(frame_rgb(frame.image), labels, frame.gt, frame.index)
         if wants_overlay:
             while self._overlay_targets and self._overlay_targets[0] <= frame.index:
                 self._overlay_targets.pop(0)
@@ -151,7 +152,7 @@ def run_offline(bag: DriveBag, engine: SegmentationEngine, ledger: Ledger, max_p
     for frame in bag.frames():
         sent = time.perf_counter() - start
         try:
-            rgb = image_msg_to_rgb(frame.image, max_pixels)
+            rgb = frame_rgb(frame.image, max_pixels)
         except ImageRejected as exc:
             ledger.missing(frame, "rejected", exc.reason, sent)
         else:

@@ -60,7 +60,7 @@ def overlay_panel(rgb: np.ndarray, prediction: np.ndarray, gt_label_ids: np.ndar
         captions.append("ground truth")
     scale = max(rgb.shape[1] / 1000.0, 0.3)
     thickness = max(1, int(round(scale * 2)))
-    for panel, caption in zip(panels, captions):
+    for panel, caption in zip(panels, captions, strict=True):
         (w, h), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         cv2.rectangle(panel, (0, 0), (w + 6, h + base + 6), (0, 0, 0), -1)
         cv2.putText(panel, caption, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
@@ -113,12 +113,22 @@ def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform(),
                                   "ros_distro": os.environ.get("ROS_DISTRO")}
     for dist in ("seg_perception", "torch", "numpy", "rosbags", "opencv-python-headless", "matplotlib",
-                 "ros-rclpy", "cityscapesscripts"):
+                 "ros-rclpy", "cityscapesscripts", "ray"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def input_text(info: dict[str, Any] | None) -> str:
+    """How the images were recorded: raw encoding, or compressed codec with its JPEG quality."""
+    if not info:
+        return "unknown (no frame read)"
+    if info["transport"] == "compressed":
+        quality = f", JPEG quality {info['jpeg_quality']}" if info.get("jpeg_quality") else ""
+        return f"compressed {info['codec']} (format {info['format']!r}{quality})"
+    return f"raw {info['encoding']}"
 
 
 def frames_line(frames: dict[str, Any]) -> str:
@@ -188,6 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"- device: {engine['device']}, precision {engine['precision']}",
             f"- bag: {report['bag']['path']} ({report['bag']['storage']}, {report['bag']['image_count']} images "
             f"on {report['bag']['image_topic']}, ground truth on {report['bag']['gt_topic']})",
+            f"- images: {input_text(report['bag'].get('input'))}",
             f"- created: {report['created']}", ""]
     if report["untrained"]:
         out += [f"> **{UNTRAINED_WARNING}**", ""]
@@ -261,7 +272,7 @@ def plot_class_iou(report: dict[str, Any], path: Path) -> None:
     y = np.arange(len(CLASS_NAMES))
     heights = [0.0 if v is None else 100 * v for v in values]
     ax.barh(y, heights, color=PALETTE / 255.0, edgecolor="black", linewidth=0.5)
-    for yi, v in zip(y, values):
+    for yi, v in zip(y, values, strict=True):
         ax.text((0 if v is None else 100 * v) + 1, yi, "n/a" if v is None else f"{100 * v:.1f}", va="center",
                 fontsize=8)
     if metrics["miou"] is not None:

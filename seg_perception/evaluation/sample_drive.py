@@ -20,13 +20,15 @@ converter, so the demo exercises the same path a real dataset takes.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .cityscapes_folder import DEFAULT_RATE_HZ, cityscapes_to_bag, write_pair
+from .bag_io import DEFAULT_JPEG_QUALITY, DriveBagWriter
+from .cityscapes_folder import DEFAULT_RATE_HZ, cityscapes_to_bag, stamp_ns, write_pair
 
 # Cityscapes label ids (cityscapesScripts labels.py).
 EGO_VEHICLE, ROAD, SIDEWALK, BUILDING, POLE = 1, 7, 8, 11, 17
@@ -45,12 +47,30 @@ ROAD_HALF_WIDTH, SIDEWALK_EDGE, RIGHT_HEDGE = 4.0, 6.5, 7.5
 CAMERA_X, CAMERA_HEIGHT = 2.0, 1.4
 
 
+#: Yaw in degrees (positive: turned to the right) of the camera names ``--cameras`` knows.
+CAMERA_YAWS = {"front": 0.0, "front_left": -45.0, "front_right": 45.0, "left": -70.0, "right": 70.0,
+               "rear_left": -120.0, "rear_right": 120.0, "rear": 180.0}
+
+
 @dataclass(frozen=True)
 class Camera:
-    """Pinhole camera looking along +z; image rows grow downwards."""
+    """Pinhole camera on the car, turned by ``yaw_deg`` from +z (forward); rows grow downwards."""
 
     height: int
     width: int
+    yaw_deg: float = 0.0
+
+    @property
+    def cos_sin(self) -> tuple[float, float]:
+        yaw = np.deg2rad(self.yaw_deg)
+        return float(np.cos(yaw)), float(np.sin(yaw))
+
+    def to_camera(self, rel: np.ndarray) -> np.ndarray:
+        """(N, 3) offsets from the camera in world axes -> camera axes (x right, z along the view)."""
+        if not self.yaw_deg:
+            return rel
+        c, s = self.cos_sin
+        return np.stack([rel[:, 0] * c - rel[:, 2] * s, rel[:, 1], rel[:, 0] * s + rel[:, 2] * c], axis=1)
 
     @property
     def f(self) -> float:
@@ -199,8 +219,16 @@ class Renderer:
         self._roadside(image, labels, camera_z, RIGHT_HEDGE, self.world.right, VEGETATION)
         self._roadside(image, labels, camera_z, SIDEWALK_EDGE, self.world.right, BUILDING)
         self._roadside(image, labels, camera_z, -SIDEWALK_EDGE, self.world.left, BUILDING)
-        things = [t for t in self.world.things_at(frame) if NEAR_M < t.z - camera_z < FAR_M]
-        for thing in sorted(things, key=lambda t: t.z, reverse=True):  # painter's order
+        things = self.world.things_at(frame)
+        if cam.yaw_deg:  # depth along this camera's view; the near plane clips what is beside it
+            c, s = cam.cos_sin
+            depth = {id(t): (t.x - CAMERA_X) * s + (t.z - camera_z) * c for t in things}
+            things = [t for t in things if -10.0 < depth[id(t)] < FAR_M]
+            things.sort(key=lambda t: depth[id(t)], reverse=True)  # painter's order
+        else:
+            things = sorted((t for t in things if NEAR_M < t.z - camera_z < FAR_M), key=lambda t: t.z,
+                            reverse=True)
+        for thing in things:
             self._thing(image, labels, thing, camera_z)
         self._hood(image, labels)
         rng = np.random.default_rng((self.seed, frame))
@@ -220,6 +248,10 @@ class Renderer:
         z = np.where(below, cam.f * CAMERA_HEIGHT / np.maximum(self.rows - cam.cy, 0.5), 1e6)
         x = CAMERA_X + (self.cols - cam.cx) * z / cam.f
         zw = z + camera_z
+        if cam.yaw_deg:  # the ground point seen by each pixel, turned into world axes
+            c, s = cam.cos_sin
+            xc = x - CAMERA_X
+            x, zw = CAMERA_X + xc * c + z * s, -xc * s + z * c + camera_z
         ax = np.abs(x)
         shade = np.clip(1.0 - z / 300.0, 0.6, 1.0)[..., None]
         ground = np.broadcast_to(below, labels.shape)
@@ -242,9 +274,15 @@ class Renderer:
         dx = plane_x - CAMERA_X
         du = self.cols[0] - cam.cx
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(du * dx > 0, cam.f * dx / du, -1.0)
+            if cam.yaw_deg:  # the view ray of each column, in world axes, meets the plane
+                c, s = cam.cos_sin
+                dxw, dzw = du * c + cam.f * s, -du * s + cam.f * c
+                t = np.where(dxw * dx > 0, dx / dxw, -1.0)
+                z, zw = t * cam.f, t * dzw + camera_z
+            else:
+                z = np.where(du * dx > 0, cam.f * dx / du, -1.0)
+                zw = z + camera_z
         valid = (z > NEAR_M) & (z < FAR_M)
-        zw = z + camera_z
         kinds, heights, colors = _lookup(segments, zw)
         if kind == VEGETATION:
             heights = heights + 1.2 * np.sin(zw * 0.9) + 0.6 * np.sin(zw * 2.3)
@@ -272,7 +310,7 @@ class Renderer:
     def _poly(self, image: np.ndarray, labels: np.ndarray, points: np.ndarray, camera_z: float,
               color: tuple[int, ...], label: int) -> None:
         """Fill a world-space polygon (clipped at the near plane) into image and labels."""
-        rel = points - np.array([CAMERA_X, 0.0, camera_z])
+        rel = self.camera.to_camera(points - np.array([CAMERA_X, 0.0, camera_z]))
         rel = _clip_near(rel, NEAR_M)
         if len(rel) < 3:
             return
@@ -352,16 +390,38 @@ def _clip_near(points: np.ndarray, near: float) -> np.ndarray:
     return np.array(out).reshape(-1, 3)
 
 
-def render_drive(frames: int, height: int, width: int, seed: int = 0):
-    """Yield (RGB, label ids) for each frame of the drive."""
+def render_drive(frames: int, height: int, width: int, seed: int = 0, yaw_deg: float = 0.0):
+    """Yield (RGB, label ids) for each frame of the drive, seen by a camera turned by ``yaw_deg``."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if height < 16 or width < 16:
         raise ValueError(f"size must be at least 16x16, got {height}x{width}")
     world = World(seed, frames * SPEED_M_PER_FRAME + FAR_M + 10.0)
-    renderer = Renderer(world, Camera(height, width), seed)
+    renderer = Renderer(world, Camera(height, width, yaw_deg), seed)
     for i in range(frames):
         yield renderer.render(i)
+
+
+def parse_cameras(text: str) -> list[tuple[str, float]]:
+    """``front,left,right`` or ``front,side=30`` -> [(name, yaw degrees)]; known names need no yaw."""
+    cameras: list[tuple[str, float]] = []
+    for item in (part.strip() for part in text.split(",")):
+        name, _, yaw = item.partition("=")
+        if not name.isidentifier():
+            raise ValueError(f"camera name {name[:40]!r} must be a valid ROS name (letters, digits, _)")
+        if yaw:
+            try:
+                cameras.append((name, float(yaw)))
+            except ValueError:
+                raise ValueError(f"camera {name}: yaw {yaw[:40]!r} is not a number of degrees") from None
+        elif name in CAMERA_YAWS:
+            cameras.append((name, CAMERA_YAWS[name]))
+        else:
+            raise ValueError(f"camera {name!r} has no default yaw; give one as {name}=DEGREES or use one of "
+                             f"{', '.join(CAMERA_YAWS)}")
+    if len({n for n, _ in cameras}) != len(cameras):
+        raise ValueError(f"duplicate camera in {text[:200]!r}")
+    return cameras
 
 
 @dataclass(frozen=True)
@@ -378,11 +438,15 @@ def stem(index: int) -> str:
 
 def make_sample_drive(out: str | Path, frames: int = 32, size: tuple[int, int] = (256, 512), seed: int = 0,
                       storage: str = "sqlite3", rate_hz: float = DEFAULT_RATE_HZ,
-                      progress: bool = True) -> SampleDrive:
+                      progress: bool = True, cameras: Sequence[tuple[str, float]] | None = None,
+                      compressed: str | None = None, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> SampleDrive:
     """Render the drive into ``out/cityscapes`` (Cityscapes layout) and convert it to ``out/bag``.
 
     ``out`` must not exist or be a sample drive written before (it is then replaced), so that a
-    typo cannot delete an unrelated folder.
+    typo cannot delete an unrelated folder. ``cameras`` [(name, yaw degrees)] renders the same
+    street from each camera with the same stamps: one Cityscapes "city" per camera and, in the
+    bag, ``/<name>/image_raw`` with ``/<name>/semantic_gt`` per camera. ``compressed`` (jpeg/png)
+    stores the bag's images as CompressedImage.
     """
     out = Path(out)
     marker = out / ".sample_drive"
@@ -391,15 +455,42 @@ def make_sample_drive(out: str | Path, frames: int = 32, size: tuple[int, int] =
             raise FileExistsError(f"{out} exists and is not a sample drive; choose another output folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    marker.write_text(f"frames={frames} size={size[0]}x{size[1]} seed={seed}\n")
+    marker.write_text(f"frames={frames} size={size[0]}x{size[1]} seed={seed} cameras={cameras}\n")
     cityscapes = out / "cityscapes"
-    loop = enumerate(render_drive(frames, size[0], size[1], seed))
+    bag = out / "bag"
+    if cameras is None:
+        loop = enumerate(render_drive(frames, size[0], size[1], seed))
+        if progress:
+            from tqdm import tqdm
+
+            loop = tqdm(loop, total=frames, desc="render sample drive", unit="frame")
+        for index, (rgb, label_ids) in loop:
+            write_pair(cityscapes, SPLIT, CITY, stem(index), rgb, label_ids)
+        cityscapes_to_bag(cityscapes, SPLIT, bag, storage=storage, rate_hz=rate_hz, progress=progress,
+                          compressed=compressed, jpeg_quality=jpeg_quality)
+    else:
+        _render_cameras(cityscapes, bag, frames, size, seed, storage, rate_hz, progress, cameras, compressed,
+                        jpeg_quality)
+    return SampleDrive(out, cityscapes, bag, frames)
+
+
+def _render_cameras(cityscapes: Path, bag: Path, frames: int, size: tuple[int, int], seed: int, storage: str,
+                    rate_hz: float, progress: bool, cameras: Sequence[tuple[str, float]],
+                    compressed: str | None, jpeg_quality: int) -> None:
+    """Every camera's view of each frame, written to the folder and, with shared stamps, the bag."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    world = World(seed, frames * SPEED_M_PER_FRAME + FAR_M + 10.0)
+    renderers = [(name, Renderer(world, Camera(size[0], size[1], yaw), seed)) for name, yaw in cameras]
+    loop = range(frames)
     if progress:
         from tqdm import tqdm
 
-        loop = tqdm(loop, total=frames, desc="render sample drive", unit="frame")
-    for index, (rgb, label_ids) in loop:
-        write_pair(cityscapes, SPLIT, CITY, stem(index), rgb, label_ids)
-    bag = out / "bag"
-    cityscapes_to_bag(cityscapes, SPLIT, bag, storage=storage, rate_hz=rate_hz, progress=progress)
-    return SampleDrive(out, cityscapes, bag, frames)
+        loop = tqdm(loop, desc=f"render sample drive ({len(cameras)} cameras)", unit="frame")
+    with DriveBagWriter(bag, storage, cameras=[n for n, _ in cameras], compressed=compressed,
+                        jpeg_quality=jpeg_quality) as writer:
+        for index in loop:
+            for name, renderer in renderers:
+                rgb, label_ids = renderer.render(index)
+                write_pair(cityscapes, SPLIT, name, f"{name}_000000_{index:06d}", rgb, label_ids)
+                writer.write(stamp_ns(index, rate_hz), name, rgb, label_ids, camera=name)
