@@ -1,0 +1,79 @@
+"""StampClock: which clock a frame's age runs on, and the mismatch state it reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from seg_perception.stamps import StampClock
+
+S = 1_000_000_000
+NOW = 1_750_000_000 * S  # a wall-clock time in 2025
+
+
+def test_stamp_on_the_node_clock_is_aged_from_the_stamp() -> None:
+    clock = StampClock(limit_s=5.0)
+    arrival = clock.arrive(NOW - 30_000_000, NOW, received_steady_ns=100 * S)
+    assert arrival.on_clock
+    assert arrival.age_ms(NOW + 70_000_000, now_steady_ns=999 * S) == pytest.approx(100.0)
+    assert clock.mismatch() is None and clock.take_transition() is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "received", "kind", "offset_s"),
+    [
+        (NOW - 3 * 3600 * S, NOW, "behind", 3 * 3600.0),     # a replayed bag
+        (NOW + 3600 * S, NOW, "ahead", -3600.0),             # a clock one hour ahead
+        (0, NOW, "zero_stamp", None),                        # ros2 topic pub
+        (NOW - 3600 * S, 0, "node_clock_zero", None),        # use_sim_time without /clock
+    ],
+)
+def test_off_clock_frames_are_aged_from_arrival(stamp: int, received: int, kind: str,
+                                                offset_s: float | None) -> None:
+    clock = StampClock(limit_s=5.0)
+    arrival = clock.arrive(stamp, received, received_steady_ns=100 * S)
+    assert not arrival.on_clock
+    # 40 ms of steady time after arrival, whatever the node clock says
+    assert arrival.age_ms(received + 10 * 3600 * S, now_steady_ns=100 * S + 40_000_000) == pytest.approx(40.0)
+    mismatch = clock.mismatch()
+    assert mismatch is not None and mismatch.kind == kind
+    assert mismatch.offset_s == (pytest.approx(offset_s) if offset_s is not None else None)
+    assert "age check skipped" in mismatch.message
+    if kind in ("behind", "ahead"):
+        assert "use_sim_time:=true" in mismatch.message and "ros2 bag play --clock" in mismatch.message
+
+
+def test_limit_is_symmetric_and_adjustable() -> None:
+    clock = StampClock(limit_s=5.0)
+    assert clock.arrive(NOW - 4 * S, NOW).on_clock
+    assert clock.arrive(NOW + 4 * S, NOW).on_clock
+    assert not clock.arrive(NOW - 6 * S, NOW).on_clock
+    assert not clock.arrive(NOW + 6 * S, NOW).on_clock
+    clock.limit_s = 10.0
+    assert clock.arrive(NOW - 6 * S, NOW).on_clock
+    with pytest.raises(ValueError, match="> 0"):
+        clock.limit_s = 0.0
+
+
+def test_age_is_never_negative() -> None:
+    clock = StampClock(limit_s=5.0)
+    ahead = clock.arrive(NOW + 2 * S, NOW)  # on clock, but two seconds early
+    assert ahead.age_ms(NOW) == 0.0
+    off = clock.arrive(NOW + 3600 * S, NOW, received_steady_ns=50 * S)
+    assert off.age_ms(NOW, now_steady_ns=49 * S) == 0.0
+
+
+def test_mismatch_is_logged_once_and_clears_when_stamps_return() -> None:
+    clock = StampClock(limit_s=5.0)
+    clock.arrive(NOW - 3600 * S, NOW)
+    first = clock.take_transition()
+    assert first is not None and "1.0 h behind" in first
+    for i in range(10):
+        clock.arrive(NOW - 3600 * S + i, NOW + i)
+    assert clock.take_transition() is None  # still the same state: nothing new to log
+    assert clock.mismatch().frames_from_arrival == 11
+    clock.arrive(0, NOW)  # a different kind of mismatch is worth a line
+    assert "zero header stamp" in clock.take_transition()
+    clock.arrive(NOW - 10_000_000, NOW)
+    assert clock.mismatch() is None
+    assert "back on the node clock" in clock.take_transition()
+    assert clock.take_transition() is None
