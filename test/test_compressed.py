@@ -91,7 +91,9 @@ def test_png_8_and_16_bit_decode_exactly(rgb: np.ndarray) -> None:
     assert (C.decode_to_rgb("png", with_alpha) == rgb).all()
 
 
-def test_size_comes_from_the_header_and_oversize_is_never_decoded(rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_comes_from_the_header_and_oversize_is_never_decoded(
+    rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _jpeg(rgb)
     assert C.probe(data) == C.ImageInfo("jpeg", 48, 64, 3, 8)
     assert C.probe(_png(rgb)) == C.ImageInfo("png", 48, 64, 3, 8)
