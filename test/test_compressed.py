@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -223,3 +225,17 @@ def test_gpu_batch_isolates_bad_payloads(rgb: np.ndarray, fake_cuda: FakeNvJpeg)
 def test_gpu_path_rejects_oversize_before_decoding(rgb: np.ndarray, fake_cuda: FakeNvJpeg) -> None:
     out = C.decode_jpegs_cuda([("jpeg", _with_jpeg_size(_jpeg(rgb), 40000, 40000))], max_pixels=10**6)
     assert out[0].reason == "too_large" and fake_cuda.calls == []
+
+
+def test_decode_bench_compares_decoders_and_writes_json(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import decode as bench
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "decode.json"
+    assert bench.main(["--sizes", "32x64", "--repeats", "2", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert row["size"] == "32x64" and row["chosen_cpu_decoder"] == C.jpeg_decoder()[0]
+    assert {"simplejpeg", "opencv"} <= set(row["jpeg_ms"]) and row["jpeg_ms"]["opencv"]["p50"] > 0
+    assert all(diff <= 2 for diff in row["max_abs_diff_vs_opencv"].values())
