@@ -20,7 +20,6 @@ executor, and a car needs the node to keep serving. No tensor code lives here.
 
 from __future__ import annotations
 
-import gc
 import sys
 import threading
 import time
@@ -32,16 +31,20 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from . import params as P
 from .diagnostics import Thresholds, build_report
 from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine, recover_from_failure
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
+from .params import bounded, params_file_problem
+from .process import ShutdownRequested, ShutdownSignals, exit_now
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
 
 try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
@@ -59,6 +62,16 @@ RELOAD_PARAMS = tuple(spec.name for spec in P.PARAMS if spec.reload)
 #: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of SIGINT/SIGTERM.
 STOP_TIMEOUT_S = 1.5
 
+
+#: Seconds between checks for a shutdown request while spinning (bounds the reaction to a signal).
+SIGNAL_POLL_S = 0.05
+
+#: What a node that cannot start raises: bad parameters (ours and rclpy's), a model or checkpoint
+#: that cannot load, a missing file. Anything else is a bug and keeps its traceback.
+STARTUP_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError, ParameterException)
+
+#: Unknown parameter names warned about one by one; the rest are counted.
+MAX_UNKNOWN_REPORTED = 10
 
 #: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
 WARMUP_SIZE = (64, 64)
@@ -152,6 +165,7 @@ class SegmentationNode(Node):
         for spec in P.PARAMS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         self.values = {spec.name: _plain(self.get_parameter(spec.name).value) for spec in P.PARAMS}
+        self._warn_unknown_parameters()
         problems = P.validate_params(self.values)
         if problems:
             raise ValueError("invalid seg_node parameters: " + "; ".join(problems))
@@ -172,6 +186,7 @@ class SegmentationNode(Node):
         self._reverting: dict[str, Any] | None = None
         self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
         self.startup_error: str | None = None
+        self._duplicate_seen = False
         self.reload_error: str | None = None
         self.engine: SegmentationEngine | None = None
         try:
@@ -211,6 +226,29 @@ class SegmentationNode(Node):
         self.get_logger().info(
             f"segmenting {self.subscription.topic_name} with {engine} -> {self.labels_pub.topic_name}"
         )
+
+    def _warn_unknown_parameters(self) -> None:
+        """Overrides (params file, ``-p``) that name no declared parameter are typos: rclpy
+        ignores them silently, so name each with the closest known parameter."""
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy: the overrides for this node
+        unknown = [name for name in overrides if not self.has_parameter(name)]
+        known = [spec.name for spec in P.PARAMS if not spec.read_only]
+        for name in unknown[:MAX_UNKNOWN_REPORTED]:
+            self.get_logger().warning(P.unknown_parameter_message(name, known))
+        if len(unknown) > MAX_UNKNOWN_REPORTED:
+            self.get_logger().warning(f"... and {len(unknown) - MAX_UNKNOWN_REPORTED} more unknown parameters")
+
+    def _check_duplicate_name(self) -> None:
+        """Warn (once per occurrence) when another node has our fully qualified name: both
+        would publish the same /diagnostics entry and tools could not tell them apart."""
+        me = (self.get_name(), self.get_namespace())
+        duplicate = sum(1 for node in self.get_node_names_and_namespaces() if tuple(node) == me) > 1
+        if duplicate and not self._duplicate_seen:
+            self.get_logger().warning(
+                f"another node named {self.get_fully_qualified_name()} is running in this ROS domain: "
+                f"their /diagnostics entries collide; give one a different name or namespace"
+            )
+        self._duplicate_seen = duplicate
 
     def _build_engine(self, values: dict[str, Any]) -> SegmentationEngine:
         """Build and warm up an engine, so its first real frame is not the one paying for lazy
@@ -348,6 +386,7 @@ class SegmentationNode(Node):
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         try:
+            self._check_duplicate_name()
             self.diagnostics_pub.publish(self.diagnostics())
         except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
             self.get_logger().error(f"diagnostics failed: {exc!r}", throttle_duration_sec=5.0)
@@ -487,13 +526,13 @@ class SegmentationNode(Node):
         loader = self._loader
         if loader is not None:
             loader.join(max(0.0, started + timeout - time.monotonic()))
-        if self._worker.is_alive():
-            self.get_logger().error(f"worker still busy after {timeout:g} s; leaving it behind")
-            return
         books = self.accounting.snapshot()
+        # A frame still in an inference that outlasted the timeout is not waited for: the
+        # process entry point ends without finalising the interpreter (see process.py).
+        abandoned = f", {books['in_flight']} in an unfinished inference" if self._worker.is_alive() else ""
         self.get_logger().info(
             f"stopped in {(time.monotonic() - started) * 1e3:.0f} ms: {books['received']} frames received, "
-            f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}"
+            f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}{abandoned}"
         )
 
     def destroy_node(self) -> None:
@@ -510,36 +549,66 @@ def _image(header: Any, array: Any, encoding: str) -> Image:
     return msg
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console entry point (``ros2 run seg_perception seg_node``).
+def run(args: list[str] | None, signals: ShutdownSignals) -> int:
+    """Run ``seg_node`` until SIGINT/SIGTERM; the exit status.
 
-    Exit status 0 after SIGINT/SIGTERM (rclpy turns both into a context shutdown), 1 when the
-    node cannot start (invalid parameters, or the model failed to load with ``fail_fast``).
+    0 after a signal (at any moment: startup, model loading, inference, twice in a row); 1 when
+    the node cannot start (invalid parameters, a model that fails to load with ``fail_fast``);
+    2 when ROS cannot start (a missing or malformed params file). Errors are one line. The
+    node stops and logs its books while the ROS context is still valid; the context goes last.
     """
-    rclpy.init(args=args)
+    problem = params_file_problem(args if args is not None else sys.argv[1:])
+    if problem:
+        print(f"seg_node: {problem}", file=sys.stderr)
+        return 2
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as exc:  # rcl's RCLError: arguments it could not parse
+        print(f"seg_node: cannot start ROS: {bounded(str(exc))}", file=sys.stderr)
+        return 2
     node = None
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentationNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - startup failure: say why and exit non-zero
-        if node is not None and not rclpy.ok():
-            return 0  # a shutdown signal raced with spin() building its wait set: still a shutdown
-        print(f"seg_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        executor.add_node(node)
+        signals.running()
+        while not signals.requested.is_set():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except ShutdownRequested as exc:  # whatever was built is torn down below
+        print(f"seg_node: {exc} during startup, stopped before serving", file=sys.stderr)
+    except ExternalShutdownException:
+        pass  # the context was shut down by someone else (e.g. a launch system in-process)
+    except STARTUP_ERRORS as exc:
+        print(f"seg_node: {type(exc).__name__}: {bounded(str(exc))}", file=sys.stderr)
         return 1
     finally:
+        signals.stopping()
         if node is not None:
+            node.stop()  # the worker stops and the books are logged while rosout still works
+            executor.remove_node(node)
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-        if args is None:
-            # As the process entry point the interpreter ends next. Its final garbage collection
-            # over torch/timm/torchvision's objects takes ~1 s on a small CPU, half the 2 s
-            # shutdown budget; everything that needed cleaning up has been cleaned up above.
-            gc.freeze()
+        executor.shutdown(timeout_sec=0.0)
+        rclpy.try_shutdown()
     return 0
 
 
+def main(args: list[str] | None = None) -> int:
+    """Console entry point (``ros2 run seg_perception seg_node``); see :func:`run`.
+
+    As the process entry (``args`` None) the process ends here through
+    :func:`~seg_perception.process.exit_now`, never by interpreter finalisation, which can abort
+    while a torch operator is still running in the worker thread.
+    """
+    signals = ShutdownSignals().install()
+    try:
+        code = run(args, signals)
+    except ShutdownRequested:
+        code = 0
+    if args is None:
+        exit_now(code)
+    signals.restore()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -13,6 +13,8 @@ fail later is refused up front with the reason.
 
 from __future__ import annotations
 
+import difflib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -256,3 +258,52 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         crf_options=parse_yaml_mapping(values.get("crf_options", "{}")),
         compile=values.get("compile", "none"),
     )
+
+
+#: Longest piece of user input (a path, a parameter name, a parser message) echoed in an error.
+ECHO_LIMIT = 200
+
+
+def bounded(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` on one line and at most ``limit`` characters, so an error that echoes user input
+    stays one readable line whatever the input was."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def params_files(argv: list[str]) -> list[str]:
+    """The ``--params-file`` paths among ROS command-line arguments."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params-file"]
+
+
+def params_file_problem(argv: list[str]) -> str | None:
+    """Why a ``--params-file`` in ``argv`` cannot be used, as one line; None when all are fine.
+
+    Checked before ROS parses them: rcl's own failure is a multi-line error with parser
+    internals, and a missing file deserves to be named as such.
+    """
+    for path in params_files(argv):
+        shown = bounded(repr(path))
+        if not os.path.exists(path):
+            return f"params file {shown} does not exist"
+        if os.path.isdir(path):
+            return f"params file {shown} is a directory, not a YAML file"
+        try:
+            with open(path, encoding="utf-8") as f:
+                document = yaml.safe_load(f)
+        except OSError as exc:
+            return f"params file {shown} cannot be read: {bounded(exc.strerror or str(exc))}"
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            return f"params file {shown} is not valid YAML: {bounded(str(exc))}"
+        if document is not None and not isinstance(document, dict):
+            return (f"params file {shown} must be a mapping '<node name>: {{ros__parameters: {{...}}}}', "
+                    f"got a {type(document).__name__}")
+    return None
+
+
+def unknown_parameter_message(name: str, known: list[str]) -> str:
+    """A warning for a parameter nobody declared (a typo in a params file or a ``-p``),
+    naming the closest known parameter."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown parameter {bounded(repr(name), 80)} is ignored{hint}"
