@@ -366,7 +366,17 @@ class SegmentationEngine:
         return PendingResult(timer, host, timer.marks["download"])
 
     def _upload(self, host_frame: torch.Tensor, timer: _Timer) -> torch.Tensor:
-        """Queue the uint8 frame's host -> device copy on the current (upload) stream."""
+        """Queue the uint8 frame's host -> device copy on the current (upload) stream.
+
+        A frame already on the GPU (decoded there by nvJPEG, see ``compressed.decode_jpegs_cuda``,
+        which synchronises its stream before returning) is used in place: no round trip through
+        host memory. It is recorded on the upload stream so the allocator keeps it alive there."""
+        if host_frame.is_cuda:
+            timer.mark("start", self._upload_stream)
+            rgb = host_frame.to(self.device, non_blocking=True)
+            rgb.record_stream(self._upload_stream)
+            timer.mark("upload", self._upload_stream)
+            return rgb
         pinned = _pinned_copy(host_frame)
         timer.mark("start", self._upload_stream)
         rgb = pinned.to(self.device, non_blocking=True)

@@ -42,9 +42,10 @@ from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
+from .compressed import check_compressed, decode_jpegs_cuda, decode_to_rgb
 from .diagnostics import HealthReport, Thresholds, build_report, camera_report, engine_report
 from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
@@ -205,7 +206,8 @@ class SegmentationNode(Node):
             batch_wait_ms=self.values["batch_wait_ms"], max_batch_size=self.values["max_batch_size"],
             latency_window=self.values["latency_window"],
             failures=FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"]),
-            log=self._log,
+            log=self._log, clock_mismatch_s=self.values["clock_mismatch_s"],
+            convert_batch=self._convert_batch,
         )
         self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
         self._requested = dict(self._serving)
@@ -244,10 +246,17 @@ class SegmentationNode(Node):
         )
         input_qos = QoSProfile(depth=self.values["qos_depth"], reliability=reliability,
                                history=HistoryPolicy.KEEP_LAST)
+        if self._camera_value(camera, "image_transport") == "compressed":
+            # image_transport's compressed plugin publishes on <base topic>/compressed
+            subscription = self.create_subscription(
+                CompressedImage, f"{topic.rstrip('/')}/compressed", functools.partial(self._on_compressed, camera),
+                input_qos)
+        else:
+            subscription = self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
+                                                    input_qos)
         return CameraIO(
             camera=camera,
-            subscription=self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
-                                                  input_qos),
+            subscription=subscription,
             labels=self.create_publisher(Image, f"{prefix}segmentation/labels", OUTPUT_QOS),
             color=self.create_publisher(Image, f"{prefix}segmentation/color", OUTPUT_QOS),
             overlay=self.create_publisher(Image, f"{prefix}segmentation/overlay", OUTPUT_QOS),
@@ -325,12 +334,57 @@ class SegmentationNode(Node):
             return
         self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
 
+    def _on_compressed(self, camera: str, msg: CompressedImage) -> None:
+        """Check a compressed frame's format and its header bytes (size against ``max_pixels``,
+        truncation) without decoding it, and hand it to the scheduler; decoding runs in the
+        worker, so a frame that is superseded is never decoded."""
+        try:
+            check_compressed(msg.format, msg.data, self.values["max_pixels"])
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        except ImageRejected as exc:
+            self.scheduler.reject(camera, exc.reason)
+            self._log(logging.WARNING, f"rejected compressed frame ({exc.reason}) of camera {camera!r}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
+            self.scheduler.reject(camera, "malformed")
+            self._log(logging.ERROR, f"rejected compressed frame (malformed) of camera {camera!r}: {exc!r}"[:300])
+            return
+        self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
+
+    def _convert_batch(self, frames: list[Frame]) -> list[Any]:
+        """The worker's conversion of a batch: on a CUDA engine every JPEG of the batch is decoded
+        by nvJPEG in one call straight into GPU memory; the rest one by one on the CPU. One entry
+        per frame: its image, or the exception that rejects or fails it."""
+        results: list[Any] = [None] * len(frames)
+        device = getattr(self.scheduler.engine, "device", None)
+        if getattr(device, "type", None) == "cuda":
+            jpegs = [i for i, f in enumerate(frames)
+                     if isinstance(f.payload, CompressedImage) and "jpeg" in f.payload.format.lower()]
+            if jpegs:
+                payloads = [(frames[i].payload.format, frames[i].payload.data) for i in jpegs]
+                try:
+                    decoded = decode_jpegs_cuda(payloads, device=device, max_pixels=self.values["max_pixels"])
+                except (ImportError, RuntimeError) as exc:  # no nvJPEG here: the CPU decodes them
+                    self._log(logging.WARNING, f"GPU JPEG decode unavailable, decoding on the CPU: {exc!r}"[:300])
+                    decoded = [None] * len(jpegs)
+                for i, image in zip(jpegs, decoded, strict=True):
+                    results[i] = image
+        for i, frame in enumerate(frames):
+            if results[i] is None:
+                try:
+                    results[i] = self._to_rgb(frame)
+                except Exception as exc:  # noqa: BLE001 - handed back: it fails or rejects this frame only
+                    results[i] = exc
+        return results
+
     def _to_rgb(self, frame: Frame) -> np.ndarray:
         """A frame's message as a uint8 HxWx3 RGB array (called by the worker).
 
         Our checks always run first (cv_bridge trusts the header fields); the conversion itself
         uses cv_bridge when a ROS install provides it, else our zero-copy conversion."""
         msg = frame.payload
+        if isinstance(msg, CompressedImage):
+            return decode_to_rgb(msg.format, msg.data, self.values["max_pixels"])
         if CvBridge is None:
             return image_msg_to_rgb(msg, self.values["max_pixels"])
         check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
@@ -389,6 +443,7 @@ class SegmentationNode(Node):
             interval_lost=lost - previous_lost, input_rate_hz=stats.input_rate.rate(),
             output_rate_hz=stats.output_rate.rate(), thresholds=self._thresholds(),
             silent_s=stats.silent_s(), silence_warn_s=self.values["silence_warn_s"],
+            clock_mismatch=self.scheduler.stamp_clocks[camera].mismatch(),
         )
 
     def _engine_args(self) -> dict[str, Any]:
@@ -505,6 +560,7 @@ class SegmentationNode(Node):
         self.scheduler.failures.configure(values["failure_error_count"], values["failure_window_s"])
         self.scheduler.batch_wait_ms = values["batch_wait_ms"]
         self.scheduler.max_batch_size = values["max_batch_size"]
+        self.scheduler.clock_mismatch_s = values["clock_mismatch_s"]
         wanted = {name: values[name] for name in RELOAD_PARAMS}
         if self._reverting is threading.current_thread() or wanted == self._requested:
             return

@@ -113,6 +113,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               validate=lambda v: "; ".join(camera_name_problems(v)) or None),
     ParamSpec("image_topic", "camera/image_raw",
               "Input sensor_msgs/Image topic (relative, remappable); single-camera mode only."),
+    ParamSpec("image_transport", "raw",
+              "raw: sensor_msgs/Image on the image topic | compressed: sensor_msgs/CompressedImage (JPEG/PNG) "
+              "on <image topic>/compressed, as image_transport's compressed plugin publishes it.",
+              validate=_choice("raw", "compressed")),
     ParamSpec("qos_reliability", "best_effort",
               "Input QoS reliability: best_effort (sensor data) | reliable.",
               validate=_choice("best_effort", "reliable")),
@@ -129,6 +133,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_age_ms", 500.0,
               "Frames older than this (header stamp to inference start) are dropped; 0 = never.",
               dynamic=True, validate=_non_negative, range=(0.0, 60000.0)),
+    ParamSpec("clock_mismatch_s", 5.0,
+              "Stamps further than this from the node clock (past or future), or zero, are taken as another "
+              "clock (a replayed bag, an unsynchronised camera): those frames are aged from their arrival, not "
+              "dropped as stale, and /diagnostics warns with the offset and the fix.",
+              dynamic=True, validate=_positive, range=(0.001, 3.2e7)),
     ParamSpec("batch_wait_ms", 2.0,
               "Once one camera's frame is pending, wait up to this long for the other cameras' frames "
               "to batch them together: more throughput, at most this much more latency.",
@@ -187,6 +196,7 @@ class CameraParamSpec:
 
 CAMERA_PARAMS: tuple[CameraParamSpec, ...] = (
     CameraParamSpec("image_topic", "This camera's input topic; default <camera>/camera/image_raw."),
+    CameraParamSpec("image_transport", "This camera's transport (raw | compressed); default: image_transport."),
     CameraParamSpec("qos_reliability", "This camera's input QoS reliability; default: qos_reliability."),
     CameraParamSpec("max_age_ms", "This camera's frame age limit; default: max_age_ms."),
     CameraParamSpec("publish_color", "Publish <camera>/segmentation/color; default: publish_color."),
