@@ -158,9 +158,9 @@ class FrameSlots:
             if wait_s > 0 and self._pending() < enough:
                 self._cond.wait_for(lambda: self._pending() >= enough or self._closed, wait_s)
             taken: list[Frame] = []
-            count = len(self._order)
+            count, start = len(self._order), self._next
             for offset in range(count):
-                index = (self._next + offset) % count
+                index = (start + offset) % count
                 frame = self._frames[self._order[index]]
                 if frame is None:
                     continue
