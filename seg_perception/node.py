@@ -34,6 +34,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -230,7 +231,10 @@ class SegmentationNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics)
+        # On the steady clock: under use_sim_time a ROS-time timer stops whenever the bag pauses,
+        # and health reports (a silent camera above all) must not.
+        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
+                                                   clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._stopped = False
         self.scheduler.start()
         engine = self.scheduler.engine.description if self.scheduler.engine else {"model": "(not loaded)"}
