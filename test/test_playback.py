@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import rclpy
+import torch
 import yaml
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -21,8 +23,13 @@ from rosbags.rosbag2 import Reader, Writer
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 
+from seg_perception import node as node_module
+from seg_perception.compressed import decode_to_rgb
 from seg_perception.diagnostics import WARN
 from seg_perception.evaluation.bag_io import TYPESTORE, image_message
+from seg_perception.image_conversion import ImageRejected
+from seg_perception.node import SegmentationNode
+from seg_perception.scheduler import Frame
 
 pytestmark = pytest.mark.ros
 
@@ -168,3 +175,45 @@ def test_compressed_camera_bad_payloads_are_rejected_and_the_node_keeps_serving(
     assert (png_labels.labels == 77).all()
     assert books["processed"] == 2
     assert books["rejected"] == {"corrupt": 2, "format": 1, "too_large": 1}
+
+
+class CudaFakeEngine(FakeEngine):
+    """A FakeEngine that says it runs on CUDA, so the node routes JPEGs to the GPU decoder."""
+
+    device = torch.device("cuda")
+
+
+def test_on_a_cuda_engine_jpegs_of_a_batch_go_to_nvjpeg_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_nvjpeg(payloads: list[tuple[str, object]], device: object, max_pixels: int) -> list[object]:
+        calls.append([fmt for fmt, _ in payloads])
+        assert str(device) == "cuda"
+        results: list[object] = []
+        for fmt, data in payloads:  # a CPU stand-in; like nvJPEG's wrapper it returns rejections
+            try:
+                results.append(decode_to_rgb(fmt, data, max_pixels))
+            except ImageRejected as exc:
+                results.append(exc)
+        return results
+
+    monkeypatch.setattr(node_module, "decode_jpegs_cuda", fake_nvjpeg)
+    rgb = np.full((8, 8, 3), 40, np.uint8)
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    png = cv2.imencode(".png", rgb)[1].tobytes()
+    messages = [CompressedImage(format="jpeg", data=jpeg), CompressedImage(format="png", data=png),
+                CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg[:40]),
+                CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg)]
+    context = rclpy.Context()
+    context.init()
+    try:
+        node = SegmentationNode(parameter_overrides=[Parameter("image_transport", value="compressed")],
+                                context=context, engine_factory=CudaFakeEngine)
+        frames = [Frame("", msg, 0, 0) for msg in messages]
+        results = node._convert_batch(frames)
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+    assert calls == [["jpeg", "rgb8; jpeg compressed bgr8", "rgb8; jpeg compressed bgr8"]]  # one batch
+    assert [type(r).__name__ for r in results] == ["ndarray", "ndarray", "ImageRejected", "ndarray"]
+    assert (results[1] == 40).all()  # the PNG went through the CPU

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from reliability_support import FakeEngine
 
+from seg_perception.diagnostics import WARN, Thresholds, camera_report
 from seg_perception.scheduler import CameraPolicy, Frame, Scheduler
 from seg_perception.stamps import StampClock
 
@@ -144,3 +145,17 @@ def test_batch_conversion_hook_gets_the_batch() -> None:
     scheduler.stop(2.0)
     assert batches == [2] and published == ["a"]
     assert scheduler.accounting.snapshot()["dropped"] == {"inference_error": 1}
+
+
+def test_camera_report_warns_with_the_offset_and_says_latency_is_from_arrival() -> None:
+    clock = StampClock()
+    clock.arrive(NOW - 7200 * S, NOW)
+    books = {"received": 1, "processed": 1, "dropped_total": 0, "rejected_total": 0, "in_flight": 0,
+             "dropped": {}, "rejected": {}}
+    summary = {"p50": 5.0, "p90": 5.0, "p99": 5.0, "max": 5.0, "count": 1}
+    common = dict(end_to_end=summary, accounting=books, interval_received=1, interval_lost=0,
+                  input_rate_hz=1.0, output_rate_hz=1.0, thresholds=Thresholds())
+    report = camera_report(**common, clock_mismatch=clock.mismatch())
+    assert report.level == WARN and "2.0 h behind the node clock" in report.message
+    assert report.values["latency_from"] == "arrival" and report.values["clock_offset_s"] == "7200.000"
+    assert camera_report(**common).values["latency_from"] == "stamp"
