@@ -55,16 +55,23 @@ def street_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def time_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    fn()  # warm-up: lazy imports, allocator
-    samples = []
+def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
+    """p50/p90/min milliseconds of each candidate, timed in rounds (one call of each per round),
+    so that load from other processes on a shared machine hits every candidate alike."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for fn in candidates.values():
+        fn()  # warm-up: lazy imports, allocator
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return {"p50": statistics.median(samples), "p90": samples[int(0.9 * (len(samples) - 1))],
-            "min": samples[0]}
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = {"p50": statistics.median(values), "p90": values[int(0.9 * (len(values) - 1))],
+                     "min": values[0]}
+    return out
 
 
 def bench_size(height: int, width: int, repeats: int, quality: int) -> dict[str, object]:
@@ -80,18 +87,24 @@ def bench_size(height: int, width: int, repeats: int, quality: int) -> dict[str,
         "missing_decoders": [n for n in compressed.JPEG_DECODER_PREFERENCE if n not in decoders],
         "jpeg_ms": {}, "max_abs_diff_vs_opencv": {},
     }
-    for name, decode in decoders.items():
-        row["jpeg_ms"][name] = time_ms(lambda decode=decode: decode(view), repeats)
-        out = decode(view)
-        row["max_abs_diff_vs_opencv"][name] = int(np.abs(out.astype(np.int16) - reference).max())
     fmt = "rgb8; jpeg compressed bgr8"
-    row["decode_to_rgb_jpeg_ms"] = time_ms(lambda: compressed.decode_to_rgb(fmt, jpeg), repeats)
-    row["decode_to_rgb_png_ms"] = time_ms(lambda: compressed.decode_to_rgb("png", png), repeats)
+    candidates: dict[str, Callable[[], object]] = {
+        name: (lambda decode=decode: decode(view)) for name, decode in decoders.items()
+    }
+    candidates["decode_to_rgb_jpeg"] = lambda: compressed.decode_to_rgb(fmt, jpeg)
+    candidates["decode_to_rgb_png"] = lambda: compressed.decode_to_rgb("png", png)
+    timings = time_interleaved(candidates, repeats)
+    for name, decode in decoders.items():
+        row["jpeg_ms"][name] = timings[name]
+        row["max_abs_diff_vs_opencv"][name] = int(np.abs(decode(view).astype(np.int16) - reference).max())
+    row["decode_to_rgb_jpeg_ms"] = timings["decode_to_rgb_jpeg"]
+    row["decode_to_rgb_png_ms"] = timings["decode_to_rgb_png"]
     row["chosen_cpu_decoder"] = compressed.jpeg_decoder()[0]
     if torch.cuda.is_available():
         for batch in (1, 4):
             payloads = [(fmt, jpeg)] * batch
-            timing = time_ms(lambda payloads=payloads: compressed.decode_jpegs_cuda(payloads), repeats)
+            timing = time_interleaved({"nvjpeg": lambda payloads=payloads: compressed.decode_jpegs_cuda(payloads)},
+                                      repeats)["nvjpeg"]
             row[f"nvjpeg_batch{batch}_ms_per_frame"] = {k: v / batch for k, v in timing.items()}
     return row
 
