@@ -29,7 +29,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "seg_node = seg_perception.node:main",
+            "seg_node = seg_perception.process:main",
             "seg-perception = seg_perception.cli:main",
         ],
     },

@@ -194,6 +194,7 @@ class Collector:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(2.0)
         self.node.destroy_node()
         self.context.try_shutdown()
 

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-options", default="{}", help="YAML mapping of builder options")
     p.add_argument("--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--precision", default=None, choices=("fp16", "fp32"))
+    p.add_argument("--precision", default=None, choices=("auto", "fp16", "fp32"))
     p.add_argument("--crf", default="none", choices=("none", "cpu", "gpu"))
     p.add_argument("--compile", default="none", choices=("none", "torch_compile", "cuda_graph"),
                    help="torch_compile: TorchInductor; cuda_graph: replay captured graphs (CUDA only)")

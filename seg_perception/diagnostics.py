@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .stamps import ClockMismatch
+
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 
@@ -97,13 +99,16 @@ def camera_report(
     thresholds: Thresholds,
     silent_s: float | None = None,
     silence_warn_s: float = 0.0,
+    clock_mismatch: ClockMismatch | None = None,
 ) -> HealthReport:
     """One camera's status: rates, end-to-end latency, frame books and liveness.
 
     ``interval_received``/``interval_lost`` are the frames received and dropped-or-rejected since
     the previous report, so the drop level follows the current load rather than history.
     ``silent_s`` is the time since the camera's last frame (None before its first): past
-    ``silence_warn_s`` (when > 0) the camera is WARN, "no frames for N s".
+    ``silence_warn_s`` (when > 0) the camera is WARN, "no frames for N s". ``clock_mismatch``
+    (the camera's stamps are off the node clock) is WARN with the offset and the fix; latency is
+    then measured from arrival, and ``latency_from`` says so.
     """
     values: dict[str, str] = {}
     for key in ("p50", "p90", "p99", "max"):
@@ -118,7 +123,14 @@ def camera_report(
         values[f"rejected_{reason}"] = str(count)
     if silent_s is not None:
         values["seconds_since_last_frame"] = _fmt(float(silent_s))
+    values["latency_from"] = "stamp" if clock_mismatch is None else "arrival"
     problems: list[tuple[int, str]] = []
+    if clock_mismatch is not None:
+        values["clock_mismatch"] = clock_mismatch.kind
+        if clock_mismatch.offset_s is not None:
+            values["clock_offset_s"] = f"{clock_mismatch.offset_s:.3f}"
+        values["frames_aged_from_arrival"] = str(clock_mismatch.frames_from_arrival)
+        problems.append((WARN, clock_mismatch.message))
     p90 = end_to_end["p90"] if end_to_end.get("count") else 0.0
     if p90 > thresholds.latency_error_ms:
         problems.append((ERROR, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_error_ms:g} ms"))
@@ -157,6 +169,7 @@ def build_report(
     batch_sizes: dict[str, float] | None = None,
     silent_s: float | None = None,
     silence_warn_s: float = 0.0,
+    clock_mismatch: ClockMismatch | None = None,
 ) -> HealthReport:
     """The single-camera node's one status: :func:`engine_report` and :func:`camera_report`
     together (engine problems first)."""
@@ -169,6 +182,7 @@ def build_report(
         end_to_end=end_to_end, accounting=accounting, interval_received=interval_received,
         interval_lost=interval_lost, input_rate_hz=input_rate_hz, output_rate_hz=output_rate_hz,
         thresholds=thresholds, silent_s=silent_s, silence_warn_s=silence_warn_s,
+        clock_mismatch=clock_mismatch,
     )
     problems = [] if engine_part.level == OK else [(engine_part.level, engine_part.message)]
     if camera_part.level != OK:

@@ -74,7 +74,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = ("upload", "preprocess", "inference", "postprocess", "download")
 QUEUE = "queue"
 DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("fp16", "fp32")
+#: ``auto`` runs fp16 on CUDA and fp32 on the CPU, so the default works on every device.
+PRECISIONS = ("auto", "fp16", "fp32")
 COMPILE_MODES = ("none", "torch_compile", "cuda_graph")
 #: Captured CUDA graph sets kept (one per batch shape and output flags), least recent evicted.
 MAX_CAPTURED_PIPELINES = 8
@@ -103,7 +104,7 @@ class EngineConfig:
     num_classes: int = 19
     model_options: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
-    precision: str = "fp16"
+    precision: str = "auto"
     #: (height, width) the model runs at; ``None`` runs at each frame's own size.
     inference_size: tuple[int, int] | None = None
     crf: str = "none"
@@ -183,6 +184,14 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16 (CUDA-only) falls back to fp32 on a CPU
+    that ``device: auto`` picked (an explicit ``device: cpu`` with fp16 is refused by validate)."""
+    if device.type != "cuda":
+        return "fp32"
+    return "fp16" if requested == "auto" else requested
 
 
 def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -340,8 +349,8 @@ class SegmentationEngine:
         config.validate()
         self.config = config
         self.device = resolve_device(config.device)
-        self.precision = config.precision if self.device.type == "cuda" else "fp32"
-        if self.precision != config.precision:
+        self.precision = resolve_precision(config.precision, self.device)
+        if config.precision != "auto" and self.precision != config.precision:
             LOG.warning("precision %s is CUDA-only; running fp32 on %s", config.precision, self.device)
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self._cuda = self.device.type == "cuda"
@@ -672,7 +681,7 @@ class SegmentationEngine:
         """Queue each uint8 frame's host -> device copy on the upload stream; frames already on
         the device are used in place (the upload stream first waits for the caller's stream,
         where their producer, e.g. a GPU JPEG decoder, queued them)."""
-        pinned = [None if f.device == self.device else _pinned_empty(f.shape, torch.uint8) for f in frames]
+        pinned = [None if f.device.type == self.device.type else _pinned_empty(f.shape, torch.uint8) for f in frames]
         for buffer, frame in zip(pinned, frames, strict=True):
             if buffer is not None:
                 buffer.copy_(frame)

@@ -22,7 +22,6 @@ lives here.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import sys
 import threading
@@ -35,18 +34,24 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
+from .compressed import check_compressed, decode_jpegs_cuda, decode_to_rgb
 from .diagnostics import HealthReport, Thresholds, build_report, camera_report, engine_report
 from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
+from .params import bounded, params_file_problem
+from .process import ShutdownRequested, ShutdownSignals, exit_now
 from .scheduler import CameraPolicy, Engine, Frame, Scheduler
 from .stats import FailureTracker
 
@@ -64,6 +69,16 @@ RELOAD_PARAMS = tuple(spec.name for spec in P.PARAMS if spec.reload)
 
 #: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of SIGINT/SIGTERM.
 STOP_TIMEOUT_S = 1.5
+
+#: Seconds between checks for a shutdown request while spinning (bounds the reaction to a signal).
+SIGNAL_POLL_S = 0.05
+
+#: What a node that cannot start raises: bad parameters (ours and rclpy's), a model or checkpoint
+#: that cannot load, a missing file. Anything else is a bug and keeps its traceback.
+STARTUP_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError, ParameterException)
+
+#: Unknown parameter names warned about one by one; the rest are counted.
+MAX_UNKNOWN_REPORTED = 10
 
 #: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
 WARMUP_SIZE = (64, 64)
@@ -170,14 +185,23 @@ class SegmentationNode(Node):
 
     def _setup(self, engine_factory: EngineFactory) -> None:
         problems = self._declare()
+        self._warn_unknown_parameters()
         ids = self.cameras or (SINGLE_CAMERA,)
-        topics = {camera: self.resolve_topic_name(self._camera_value(camera, "image_topic")) for camera in ids}
+        topics = {}
+        for camera in ids:
+            topic = self._camera_value(camera, "image_topic")
+            try:
+                topics[camera] = self.resolve_topic_name(topic)
+            except RuntimeError as exc:  # rclpy's RCLError: not a valid topic name
+                where = f"{camera}.image_topic" if camera else "image_topic"
+                problems.append(f"{where} {P.shown(topic)} is not a valid topic name ({str(exc)[:120]})")
         if not problems:
             problems += P.duplicate_topic_problems(topics)
         if problems:
             raise ValueError("invalid seg_node parameters: " + "; ".join(problems))
 
         self._bridge: Any = None
+        self._duplicate_seen = False
         self._logged: dict[tuple[int, str], float] = {}
         self._last_report: dict[str, tuple[int, int]] = {}
         self._engine_factory = engine_factory
@@ -190,7 +214,8 @@ class SegmentationNode(Node):
             batch_wait_ms=self.values["batch_wait_ms"], max_batch_size=self.values["max_batch_size"],
             latency_window=self.values["latency_window"],
             failures=FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"]),
-            log=self._log,
+            log=self._log, clock_mismatch_s=self.values["clock_mismatch_s"],
+            convert_batch=self._convert_batch,
         )
         self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
         self._requested = dict(self._serving)
@@ -213,7 +238,10 @@ class SegmentationNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics)
+        # On the steady clock: under use_sim_time a ROS-time timer stops whenever the bag pauses,
+        # and health reports (a silent camera above all) must not.
+        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
+                                                   clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._stopped = False
         self.scheduler.start()
         engine = self.scheduler.engine.description if self.scheduler.engine else {"model": "(not loaded)"}
@@ -229,10 +257,17 @@ class SegmentationNode(Node):
         )
         input_qos = QoSProfile(depth=self.values["qos_depth"], reliability=reliability,
                                history=HistoryPolicy.KEEP_LAST)
+        if self._camera_value(camera, "image_transport") == "compressed":
+            # image_transport's compressed plugin publishes on <base topic>/compressed
+            subscription = self.create_subscription(
+                CompressedImage, f"{topic.rstrip('/')}/compressed", functools.partial(self._on_compressed, camera),
+                input_qos)
+        else:
+            subscription = self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
+                                                    input_qos)
         return CameraIO(
             camera=camera,
-            subscription=self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
-                                                  input_qos),
+            subscription=subscription,
             labels=self.create_publisher(Image, f"{prefix}segmentation/labels", OUTPUT_QOS),
             color=self.create_publisher(Image, f"{prefix}segmentation/color", OUTPUT_QOS),
             overlay=self.create_publisher(Image, f"{prefix}segmentation/overlay", OUTPUT_QOS),
@@ -243,6 +278,29 @@ class SegmentationNode(Node):
         """A camera's setting: its own override when set, else the node-wide parameter."""
         value = self.camera_values.get(camera, {}).get(name)
         return self.values[name] if value is None else value
+
+    def _warn_unknown_parameters(self) -> None:
+        """Overrides (params file, ``-p``) that name no declared parameter are typos: rclpy
+        ignores them silently, so name each with the closest known parameter."""
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy: the overrides for this node
+        unknown = [name for name in overrides if not self.has_parameter(name)]
+        known = [spec.name for spec in P.PARAMS if not spec.read_only]
+        for name in unknown[:MAX_UNKNOWN_REPORTED]:
+            self.get_logger().warning(P.unknown_parameter_message(name, known))
+        if len(unknown) > MAX_UNKNOWN_REPORTED:
+            self.get_logger().warning(f"... and {len(unknown) - MAX_UNKNOWN_REPORTED} more unknown parameters")
+
+    def _check_duplicate_name(self) -> None:
+        """Warn (once per occurrence) when another node has our fully qualified name: both
+        would publish the same /diagnostics entry and tools could not tell them apart."""
+        me = (self.get_name(), self.get_namespace())
+        duplicate = sum(1 for node in self.get_node_names_and_namespaces() if tuple(node) == me) > 1
+        if duplicate and not self._duplicate_seen:
+            self.get_logger().warning(
+                f"another node named {self.get_fully_qualified_name()} is running in this ROS domain: "
+                f"their /diagnostics entries collide; give one a different name or namespace"
+            )
+        self._duplicate_seen = duplicate
 
     def _build_engine(self, values: dict[str, Any]) -> Engine:
         """Build and warm up an engine, so its first real frame is not the one paying for lazy
@@ -287,12 +345,57 @@ class SegmentationNode(Node):
             return
         self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
 
+    def _on_compressed(self, camera: str, msg: CompressedImage) -> None:
+        """Check a compressed frame's format and its header bytes (size against ``max_pixels``,
+        truncation) without decoding it, and hand it to the scheduler; decoding runs in the
+        worker, so a frame that is superseded is never decoded."""
+        try:
+            check_compressed(msg.format, msg.data, self.values["max_pixels"])
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        except ImageRejected as exc:
+            self.scheduler.reject(camera, exc.reason)
+            self._log(logging.WARNING, f"rejected compressed frame ({exc.reason}) of camera {camera!r}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
+            self.scheduler.reject(camera, "malformed")
+            self._log(logging.ERROR, f"rejected compressed frame (malformed) of camera {camera!r}: {exc!r}"[:300])
+            return
+        self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
+
+    def _convert_batch(self, frames: list[Frame]) -> list[Any]:
+        """The worker's conversion of a batch: on a CUDA engine every JPEG of the batch is decoded
+        by nvJPEG in one call straight into GPU memory; the rest one by one on the CPU. One entry
+        per frame: its image, or the exception that rejects or fails it."""
+        results: list[Any] = [None] * len(frames)
+        device = getattr(self.scheduler.engine, "device", None)
+        if getattr(device, "type", None) == "cuda":
+            jpegs = [i for i, f in enumerate(frames)
+                     if isinstance(f.payload, CompressedImage) and "jpeg" in f.payload.format.lower()]
+            if jpegs:
+                payloads = [(frames[i].payload.format, frames[i].payload.data) for i in jpegs]
+                try:
+                    decoded = decode_jpegs_cuda(payloads, device=device, max_pixels=self.values["max_pixels"])
+                except (ImportError, RuntimeError) as exc:  # no nvJPEG here: the CPU decodes them
+                    self._log(logging.WARNING, f"GPU JPEG decode unavailable, decoding on the CPU: {exc!r}"[:300])
+                    decoded = [None] * len(jpegs)
+                for i, image in zip(jpegs, decoded, strict=True):
+                    results[i] = image
+        for i, frame in enumerate(frames):
+            if results[i] is None:
+                try:
+                    results[i] = self._to_rgb(frame)
+                except Exception as exc:  # noqa: BLE001 - handed back: it fails or rejects this frame only
+                    results[i] = exc
+        return results
+
     def _to_rgb(self, frame: Frame) -> np.ndarray:
         """A frame's message as a uint8 HxWx3 RGB array (called by the worker).
 
         Our checks always run first (cv_bridge trusts the header fields); the conversion itself
         uses cv_bridge when a ROS install provides it, else our zero-copy conversion."""
         msg = frame.payload
+        if isinstance(msg, CompressedImage):
+            return decode_to_rgb(msg.format, msg.data, self.values["max_pixels"])
         if CvBridge is None:
             return image_msg_to_rgb(msg, self.values["max_pixels"])
         check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
@@ -331,6 +434,7 @@ class SegmentationNode(Node):
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         try:
+            self._check_duplicate_name()
             self.diagnostics_pub.publish(self.diagnostics())
         except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
             self._log(logging.ERROR, f"diagnostics failed: {exc!r}")
@@ -350,6 +454,7 @@ class SegmentationNode(Node):
             interval_lost=lost - previous_lost, input_rate_hz=stats.input_rate.rate(),
             output_rate_hz=stats.output_rate.rate(), thresholds=self._thresholds(),
             silent_s=stats.silent_s(), silence_warn_s=self.values["silence_warn_s"],
+            clock_mismatch=self.scheduler.stamp_clocks[camera].mismatch(),
         )
 
     def _engine_args(self) -> dict[str, Any]:
@@ -466,6 +571,7 @@ class SegmentationNode(Node):
         self.scheduler.failures.configure(values["failure_error_count"], values["failure_window_s"])
         self.scheduler.batch_wait_ms = values["batch_wait_ms"]
         self.scheduler.max_batch_size = values["max_batch_size"]
+        self.scheduler.clock_mismatch_s = values["clock_mismatch_s"]
         wanted = {name: values[name] for name in RELOAD_PARAMS}
         if self._reverting is threading.current_thread() or wanted == self._requested:
             return
@@ -502,13 +608,14 @@ class SegmentationNode(Node):
             return
         self._stopped = True
         started = time.monotonic()
-        if not self.scheduler.stop(timeout):
-            self.get_logger().error(f"worker still busy after {timeout:g} s; leaving it behind")
-            return
+        finished = self.scheduler.stop(timeout)
         books = self.scheduler.accounting.snapshot()
+        # A frame still in an inference that outlasted the timeout is not waited for: the
+        # process entry point ends without finalising the interpreter (see process.py).
+        abandoned = "" if finished else f", {books['in_flight']} in an unfinished inference"
         self.get_logger().info(
             f"stopped in {(time.monotonic() - started) * 1e3:.0f} ms: {books['received']} frames received, "
-            f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}"
+            f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}{abandoned}"
         )
 
     def destroy_node(self) -> None:
@@ -525,36 +632,66 @@ def _image(header: Any, array: Any, encoding: str) -> Image:
     return msg
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console entry point (``ros2 run seg_perception seg_node``).
+def run(args: list[str] | None, signals: ShutdownSignals) -> int:
+    """Run ``seg_node`` until SIGINT/SIGTERM; the exit status.
 
-    Exit status 0 after SIGINT/SIGTERM (rclpy turns both into a context shutdown), 1 when the
-    node cannot start (invalid parameters, or the model failed to load with ``fail_fast``).
+    0 after a signal (at any moment: startup, model loading, inference, twice in a row); 1 when
+    the node cannot start (invalid parameters, a model that fails to load with ``fail_fast``);
+    2 when ROS cannot start (a missing or malformed params file). Errors are one line. The
+    node stops and logs its books while the ROS context is still valid; the context goes last.
     """
-    rclpy.init(args=args)
+    problem = params_file_problem(args if args is not None else sys.argv[1:])
+    if problem:
+        print(f"seg_node: {problem}", file=sys.stderr)
+        return 2
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as exc:  # rcl's RCLError: arguments it could not parse
+        print(f"seg_node: cannot start ROS: {bounded(str(exc))}", file=sys.stderr)
+        return 2
     node = None
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentationNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - startup failure: say why and exit non-zero
-        if node is not None and not rclpy.ok():
-            return 0  # a shutdown signal raced with spin() building its wait set: still a shutdown
-        print(f"seg_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        executor.add_node(node)
+        signals.running()
+        while not signals.requested.is_set():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except ShutdownRequested as exc:  # whatever was built is torn down below
+        print(f"seg_node: {exc} during startup, stopped before serving", file=sys.stderr)
+    except ExternalShutdownException:
+        pass  # the context was shut down by someone else (e.g. a launch system in-process)
+    except STARTUP_ERRORS as exc:
+        print(f"seg_node: {type(exc).__name__}: {bounded(str(exc))}", file=sys.stderr)
         return 1
     finally:
+        signals.stopping()
         if node is not None:
+            node.stop()  # the worker stops and the books are logged while rosout still works
+            executor.remove_node(node)
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-        if args is None:
-            # As the process entry point the interpreter ends next. Its final garbage collection
-            # over torch/timm/torchvision's objects takes ~1 s on a small CPU, half the 2 s
-            # shutdown budget; everything that needed cleaning up has been cleaned up above.
-            gc.freeze()
+        executor.shutdown(timeout_sec=0.0)
+        rclpy.try_shutdown()
     return 0
 
 
+def main(args: list[str] | None = None) -> int:
+    """Console entry point (``ros2 run seg_perception seg_node``); see :func:`run`.
+
+    As the process entry (``args`` None) the process ends here through
+    :func:`~seg_perception.process.exit_now`, never by interpreter finalisation, which can abort
+    while a torch operator is still running in the worker thread.
+    """
+    signals = ShutdownSignals().install()
+    try:
+        code = run(args, signals)
+    except ShutdownRequested:
+        code = 0
+    if args is None:
+        exit_now(code)
+    signals.restore()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

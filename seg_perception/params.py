@@ -13,6 +13,8 @@ fail later is refused up front with the reason.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,7 +94,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Builder options as a YAML mapping, e.g. '{scales: [0.5, 1.0], align_corners: false}'.",
               validate=_yaml_mapping, reload=True),
     ParamSpec("device", "auto", "auto | cuda | cpu.", validate=_choice(*DEVICES), reload=True),
-    ParamSpec("precision", "fp16", "fp16 | fp32 (fp16 only on CUDA; the CPU runs fp32).",
+    ParamSpec("precision", "auto", "auto | fp16 | fp32: auto = fp16 on CUDA, fp32 on the CPU; fp16 needs CUDA.",
               validate=_choice(*PRECISIONS), reload=True),
     ParamSpec("inference_size", [0, 0],
               "[height, width] the model runs at; [0, 0] = each frame's own size.",
@@ -111,6 +113,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               validate=lambda v: "; ".join(camera_name_problems(v)) or None),
     ParamSpec("image_topic", "camera/image_raw",
               "Input sensor_msgs/Image topic (relative, remappable); single-camera mode only."),
+    ParamSpec("image_transport", "raw",
+              "raw: sensor_msgs/Image on the image topic | compressed: sensor_msgs/CompressedImage (JPEG/PNG) "
+              "on <image topic>/compressed, as image_transport's compressed plugin publishes it.",
+              validate=_choice("raw", "compressed")),
     ParamSpec("qos_reliability", "best_effort",
               "Input QoS reliability: best_effort (sensor data) | reliable.",
               validate=_choice("best_effort", "reliable")),
@@ -127,6 +133,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_age_ms", 500.0,
               "Frames older than this (header stamp to inference start) are dropped; 0 = never.",
               dynamic=True, validate=_non_negative, range=(0.0, 60000.0)),
+    ParamSpec("clock_mismatch_s", 5.0,
+              "Stamps further than this from the node clock (past or future), or zero, are taken as another "
+              "clock (a replayed bag, an unsynchronised camera): those frames are aged from their arrival, not "
+              "dropped as stale, and /diagnostics warns with the offset and the fix.",
+              dynamic=True, validate=_positive, range=(0.001, 3.2e7)),
     ParamSpec("batch_wait_ms", 2.0,
               "Once one camera's frame is pending, wait up to this long for the other cameras' frames "
               "to batch them together: more throughput, at most this much more latency.",
@@ -185,6 +196,7 @@ class CameraParamSpec:
 
 CAMERA_PARAMS: tuple[CameraParamSpec, ...] = (
     CameraParamSpec("image_topic", "This camera's input topic; default <camera>/camera/image_raw."),
+    CameraParamSpec("image_transport", "This camera's transport (raw | compressed); default: image_transport."),
     CameraParamSpec("qos_reliability", "This camera's input QoS reliability; default: qos_reliability."),
     CameraParamSpec("max_age_ms", "This camera's frame age limit; default: max_age_ms."),
     CameraParamSpec("publish_color", "Publish <camera>/segmentation/color; default: publish_color."),
@@ -197,7 +209,7 @@ CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}\Z")
 MAX_CAMERAS = 64
 
 
-def _shown(value: Any, limit: int = 40) -> str:
+def shown(value: Any, limit: int = 40) -> str:
     """``repr`` of user input, bounded so an error message stays short."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -206,13 +218,13 @@ def _shown(value: Any, limit: int = 40) -> str:
 def camera_name_problems(cameras: Any) -> list[str]:
     """Why a ``cameras`` list is not acceptable (empty when it is)."""
     if isinstance(cameras, (str, bytes)) or not hasattr(cameras, "__len__"):
-        return [f"must be a list of camera names, got {_shown(cameras)}"]
+        return [f"must be a list of camera names, got {shown(cameras)}"]
     if len(cameras) > MAX_CAMERAS:
         return [f"at most {MAX_CAMERAS} cameras, got {len(cameras)}"]
     problems, seen = [], set()
     for name in cameras:
         if not isinstance(name, str) or not CAMERA_NAME.match(name):
-            problems.append(f"camera name {_shown(name)} is not a valid ROS name token "
+            problems.append(f"camera name {shown(name)} is not a valid ROS name token "
                             "(a letter, then letters, digits or _; at most 63 characters)")
         elif name in PARAMS_BY_NAME:
             problems.append(f"camera name {name!r} is also a node parameter; choose another name")
@@ -273,7 +285,7 @@ def validate_config(values: Mapping[str, Any]) -> list[str]:
     problems = validate_params(node_wide)
     cameras = list(node_wide.get("cameras") or [])
     for camera in sorted(set(sections) - set(cameras)):
-        problems.append(f"parameters for {_shown(camera)}, which is not in cameras")
+        problems.append(f"parameters for {shown(camera)}, which is not in cameras")
     for camera in dict.fromkeys(cameras):
         problems += camera_param_problems(camera, sections.get(camera, {}))
     if not camera_name_problems(cameras):
@@ -381,9 +393,58 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         num_classes=int(values.get("num_classes", 19)),
         model_options=parse_yaml_mapping(values.get("model_options", "{}")),
         device=values.get("device", "auto"),
-        precision=values.get("precision", "fp16"),
+        precision=values.get("precision", "auto"),
         inference_size=None if size == (0, 0) else size,
         crf=values.get("crf", "none"),
         crf_options=parse_yaml_mapping(values.get("crf_options", "{}")),
         compile=values.get("compile", "none"),
     )
+
+
+#: Longest piece of user input (a path, a parameter name, a parser message) echoed in an error.
+ECHO_LIMIT = 200
+
+
+def bounded(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` on one line and at most ``limit`` characters, so an error that echoes user input
+    stays one readable line whatever the input was."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def params_files(argv: list[str]) -> list[str]:
+    """The ``--params-file`` paths among ROS command-line arguments."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params-file"]
+
+
+def params_file_problem(argv: list[str]) -> str | None:
+    """Why a ``--params-file`` in ``argv`` cannot be used, as one line; None when all are fine.
+
+    Checked before ROS parses them: rcl's own failure is a multi-line error with parser
+    internals, and a missing file deserves to be named as such.
+    """
+    for path in params_files(argv):
+        shown = bounded(repr(path))
+        if not os.path.exists(path):
+            return f"params file {shown} does not exist"
+        if os.path.isdir(path):
+            return f"params file {shown} is a directory, not a YAML file"
+        try:
+            with open(path, encoding="utf-8") as f:
+                document = yaml.safe_load(f)
+        except OSError as exc:
+            return f"params file {shown} cannot be read: {bounded(exc.strerror or str(exc))}"
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            return f"params file {shown} is not valid YAML: {bounded(str(exc))}"
+        if document is not None and not isinstance(document, dict):
+            return (f"params file {shown} must be a mapping '<node name>: {{ros__parameters: {{...}}}}', "
+                    f"got a {type(document).__name__}")
+    return None
+
+
+def unknown_parameter_message(name: str, known: list[str]) -> str:
+    """A warning for a parameter nobody declared (a typo in a params file or a ``-p``),
+    naming the closest known parameter."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown parameter {bounded(repr(name), 80)} is ignored{hint}"

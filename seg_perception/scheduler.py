@@ -36,6 +36,7 @@ import numpy as np
 
 from .engine import OutputRequest, SegmentationResult, recover_from_failure
 from .image_conversion import ImageRejected
+from .stamps import DEFAULT_LIMIT_S, StampClock
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class Frame:
     #: scheduler clock's nanoseconds.
     stamp_ns: int
     received_ns: int
+    #: Whether the stamp is on the scheduler clock (see :mod:`~seg_perception.stamps`); when it
+    #: is not, the frame's age runs from ``received_steady_ns`` (``time.monotonic_ns``).
+    on_clock: bool = True
+    received_steady_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class CameraStats:
 class _Started:
     frame: Frame
     pending: PendingFrame
+    #: Milliseconds ``convert`` took (message -> RGB: a decode for compressed frames).
+    decode_ms: float = 0.0
 
 
 class FrameSlots:
@@ -185,10 +192,15 @@ class Scheduler:
 
     * ``convert(frame) -> RGB array``: turns a frame's payload into a uint8 HxWx3 array, in the
       worker; raising :class:`~seg_perception.image_conversion.ImageRejected` rejects the frame;
+    * ``convert_batch(frames) -> [RGB array or exception, ...]`` (optional): converts several
+      frames in one call, one entry per frame in order; a frame's exception fails that frame only;
     * ``publish(frame, result)``: delivers a result; raising drops the frame (``publish_error``);
     * ``policy(camera) -> CameraPolicy``: age limit and outputs, read per frame so runtime
       parameter changes apply to the next frame;
-    * ``clock_ns``: the clock of the frames' stamps (the node's ROS clock);
+    * ``clock_ns``: the clock of the frames' stamps (the node's ROS clock). Each camera's stamps
+      are judged against it (:class:`~seg_perception.stamps.StampClock`, ``clock_mismatch_s``):
+      a camera whose stamps are off this clock (a replayed bag, zero stamps, an unsynchronised
+      camera) is served with ages measured from arrival instead of being dropped as stale;
     * ``log(level, message)``: where problems are reported (rate-limited by the owner).
 
     ``before_inference`` is a fault-injection hook for tests: called with each frame's RGB array
@@ -208,11 +220,14 @@ class Scheduler:
         latency_window: int = 300,
         failures: FailureTracker | None = None,
         log: Callable[[int, str], None] = _default_log,
+        clock_mismatch_s: float = DEFAULT_LIMIT_S,
+        convert_batch: Callable[[list[Frame]], list[Any]] | None = None,
     ) -> None:
         if not cameras or len(set(cameras)) != len(cameras):
             raise ValueError(f"cameras must be distinct and at least one, got {list(cameras)[:16]}")
         self.cameras: tuple[str, ...] = tuple(cameras)
         self.convert, self.publish, self.policy = convert, publish, policy
+        self.convert_batch = convert_batch
         self.clock_ns, self.log = clock_ns, log
         #: Read every cycle, so they may be changed while running.
         self.batch_wait_ms, self.max_batch_size = batch_wait_ms, max_batch_size
@@ -230,6 +245,8 @@ class Scheduler:
         self.camera_stats: dict[str, CameraStats] = {
             camera: CameraStats(LatencyWindow(latency_window)) for camera in self.cameras
         }
+        #: Whether each camera's stamps are on ``clock_ns``; their mismatch state for diagnostics.
+        self.stamp_clocks: dict[str, StampClock] = {camera: StampClock(clock_mismatch_s) for camera in self.cameras}
 
         self._engine: Engine | None = None
         self.loading: str | None = None
@@ -321,10 +338,16 @@ class Scheduler:
     def put(self, camera: str, payload: Any, stamp_ns: int, received_ns: int | None = None) -> None:
         """A valid-looking frame of ``camera`` arrived: it replaces the camera's waiting frame."""
         self._arrived(camera)
+        received_ns = self.clock_ns() if received_ns is None else received_ns
+        stamps = self.stamp_clocks[camera]
+        arrival = stamps.arrive(stamp_ns, received_ns)
+        transition = stamps.take_transition()
+        if transition is not None:
+            self.log(logging.INFO if arrival.on_clock else logging.WARNING, f"camera {camera!r}: {transition}")
         if self._engine is None:
             self.accounting.drop("model_not_loaded", camera)
             return
-        frame = Frame(camera, payload, stamp_ns, self.clock_ns() if received_ns is None else received_ns)
+        frame = Frame(camera, payload, stamp_ns, received_ns, arrival.on_clock, arrival.received_steady_ns)
         lost = self._slots.put(frame)
         if lost is frame:
             self.accounting.drop("shutdown", camera)
@@ -336,10 +359,22 @@ class Scheduler:
         self._arrived(camera)
         self.accounting.reject(reason, camera)
 
-    def frame_age_ms(self, stamp_ns: int, received_ns: int, now_ns: int) -> float:
-        """Age of a frame at ``now_ns``: from its header stamp, or from its arrival when the
-        sender left the stamp empty."""
-        return (now_ns - (stamp_ns or received_ns)) / 1e6
+    @property
+    def clock_mismatch_s(self) -> float:
+        return self.stamp_clocks[self.cameras[0]].limit_s
+
+    @clock_mismatch_s.setter
+    def clock_mismatch_s(self, value: float) -> None:
+        for stamps in self.stamp_clocks.values():
+            stamps.limit_s = value
+
+    @staticmethod
+    def frame_age_ms(frame: Frame, now_ns: int) -> float:
+        """Age of a frame at ``now_ns`` (scheduler clock): from its header stamp when that is on
+        the clock, else from its arrival (steady clock). Never negative."""
+        if frame.on_clock:
+            return max(0, now_ns - frame.stamp_ns) / 1e6
+        return max(0, time.monotonic_ns() - frame.received_steady_ns) / 1e6
 
     # -- worker -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -380,15 +415,22 @@ class Scheduler:
                 self.accounting.drop("model_not_loaded", frame.camera)
             return []
         now_ns = self.clock_ns()
-        ready: list[tuple[Frame, np.ndarray, OutputRequest]] = []
+        due: list[tuple[Frame, CameraPolicy]] = []
         for frame in frames:
             try:
                 policy = self.policy(frame.camera)
-                if policy.max_age_ms > 0 and self.frame_age_ms(frame.stamp_ns, frame.received_ns,
-                                                               now_ns) > policy.max_age_ms:
-                    self.accounting.drop("stale", frame.camera)
-                    continue
-                rgb = self.convert(frame)
+            except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
+                self._fail(frame, exc)
+                continue
+            if policy.max_age_ms > 0 and self.frame_age_ms(frame, now_ns) > policy.max_age_ms:
+                self.accounting.drop("stale", frame.camera)
+                continue
+            due.append((frame, policy))
+        ready: list[tuple[Frame, Any, OutputRequest, float]] = []
+        for (frame, policy), (rgb, decode_ms) in zip(due, self._convert([f for f, _ in due]), strict=True):
+            try:
+                if isinstance(rgb, BaseException):
+                    raise rgb
                 if self.before_inference is not None:
                     self.before_inference(rgb)
             except ImageRejected as exc:
@@ -397,23 +439,48 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
                 self._fail(frame, exc)
                 continue
-            ready.append((frame, rgb, policy.outputs))
+            ready.append((frame, rgb, policy.outputs, decode_ms))
         if not ready:
             return []
         try:
-            pending = engine.submit_batch([rgb for _, rgb, _ in ready], [out for _, _, out in ready])
-            return [_Started(frame, p) for (frame, _, _), p in zip(ready, pending, strict=True)]
+            pending = engine.submit_batch([r[1] for r in ready], [r[2] for r in ready])
+            return [_Started(r[0], p, r[3]) for r, p in zip(ready, pending, strict=True)]
         except Exception as exc:  # noqa: BLE001
             if len(ready) == 1:
                 self._fail(ready[0][0], exc)
                 return []
         started = []
-        for frame, rgb, outputs in ready:  # isolate the failing frame: one at a time
+        for frame, rgb, outputs, decode_ms in ready:  # isolate the failing frame: one at a time
             try:
-                started.append(_Started(frame, engine.submit_batch([rgb], [outputs])[0]))
+                started.append(_Started(frame, engine.submit_batch([rgb], [outputs])[0], decode_ms))
             except Exception as exc:  # noqa: BLE001
                 self._fail(frame, exc)
         return started
+
+    def _convert(self, frames: list[Frame]) -> list[tuple[Any, float]]:
+        """Each frame's RGB image (or the exception its conversion raised) and the milliseconds
+        the conversion took, which is the ``decode`` stage. With ``convert_batch`` all frames go
+        in one call (e.g. several cameras' JPEGs in one nvJPEG batch), each charged its share."""
+        if not frames:
+            return []
+        if self.convert_batch is not None:
+            started = time.perf_counter()
+            try:
+                images = self.convert_batch(frames)
+            except Exception as exc:  # noqa: BLE001 - a bug in the batch path: convert one by one
+                self.log(logging.ERROR, f"batch conversion failed, converting one by one: {exc!r}"[:300])
+            else:
+                share = (time.perf_counter() - started) * 1e3 / len(frames)
+                return [(image, share) for image in images]
+        converted: list[tuple[Any, float]] = []
+        for frame in frames:
+            started = time.perf_counter()
+            try:
+                image: Any = self.convert(frame)
+            except Exception as exc:  # noqa: BLE001 - handed back: accounted for with its frame
+                image = exc
+            converted.append((image, (time.perf_counter() - started) * 1e3))
+        return converted
 
     def _finish(self, started: list[_Started]) -> None:
         for item in started:
@@ -431,20 +498,20 @@ class Scheduler:
                 if not stopping:
                     self.log(logging.ERROR, f"publish failed, frame dropped: {exc!r}")
                 continue
-            self._processed(frame, result)
+            self._processed(frame, result, item.decode_ms)
 
-    def _processed(self, frame: Frame, result: SegmentationResult) -> None:
+    def _processed(self, frame: Frame, result: SegmentationResult, decode_ms: float = 0.0) -> None:
         self.accounting.process(frame.camera)
         self.failures.success()
         stats = self.camera_stats[frame.camera]
         stats.output_rate.tick()
-        for stage, ms in result.timings_ms.items():
+        for stage, ms in (("decode", decode_ms), *result.timings_ms.items()):
             window = self.stage_latency.get(stage)
             if window is None:
                 window = self.stage_latency.setdefault(stage, LatencyWindow(self._window))
             window.add(ms)
         self.batch_sizes.add(getattr(result, "batch_size", 1))
-        age = self.frame_age_ms(frame.stamp_ns, frame.received_ns, self.clock_ns())
+        age = self.frame_age_ms(frame, self.clock_ns())
         self.end_to_end.add(age)
         stats.end_to_end.add(age)
 

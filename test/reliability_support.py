@@ -126,6 +126,8 @@ class NodeHarness:
         keep_labels: bool = True,
         history: int | None = None,
         label_sample: int = 1,
+        input_type: type = Image,
+        input_topic: str = "camera/image_raw",
     ) -> None:
         self.context = rclpy.Context()
         self.context.init()
@@ -138,7 +140,7 @@ class NodeHarness:
         self.driver = Node("seg_reliability_driver", context=self.context)
         qos = QoSProfile(depth=input_depth, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST)
-        self.publisher = self.driver.create_publisher(Image, "camera/image_raw", qos)
+        self.publisher = self.driver.create_publisher(input_type, input_topic, qos)
         # Label pixels are kept for every ``label_sample``-th label only (headers for all), so
         # that a long run's memory figure is the node's, not the driver's collection of images.
         self.keep_labels, self.label_sample = keep_labels, label_sample

@@ -158,3 +158,13 @@ def test_crf_stage_refines_any_models_logits(model, frame) -> None:  # noqa: ANN
 def test_unknown_crf_option_fails_at_configuration() -> None:
     with pytest.raises(EngineConfigError, match="crf_options"):
         SegmentationEngine(EngineConfig(device="cpu", precision="fp32", crf="gpu", crf_options={"sigma": 3}))
+
+
+def test_auto_precision_is_fp16_on_cuda_and_fp32_on_cpu() -> None:
+    from seg_perception.engine import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    assert EngineConfig().precision == "auto"
+    EngineConfig(device="cpu").validate()  # the default works on the CPU

@@ -39,7 +39,7 @@ def _fake(config: EngineConfig) -> FakeEngine:
     [
         ({"num_classes": -1}, "num_classes out of range"),
         ({"inference_size": [-4, 8]}, "inference_size must be [height, width]"),
-        ({"precision": "fp8"}, "precision must be one of fp16, fp32"),
+        ({"precision": "fp8"}, "precision must be one of auto, fp16, fp32"),
         ({"overlay_alpha": 1.5}, "overlay_alpha out of range"),
         ({"model": "no_such_net"}, "'no_such_net' is not a registered model"),
         ({"variant": "no_such_variant"}, "unknown variant 'no_such_variant'"),
@@ -87,7 +87,7 @@ def fake_harness():
     ("name", "value", "reason"),
     [
         ("overlay_alpha", -0.1, "out of range"),
-        ("precision", "int8", "precision must be one of fp16, fp32"),
+        ("precision", "int8", "precision must be one of auto, fp16, fp32"),
         ("model", "no_such_net", "not a registered model"),
         ("inference_size", [0, 64], "inference_size must be"),
         ("num_classes", "nineteen", "type"),

@@ -399,6 +399,9 @@ def test_slots_take_round_robin_with_a_limit() -> None:
 
 
 def test_age_is_measured_from_the_stamp_or_else_from_arrival() -> None:
-    scheduler = Scheduler(("a",), convert=lambda f: f.payload, publish=lambda f, r: None)
-    assert scheduler.frame_age_ms(stamp_ns=1_000_000, received_ns=5_000_000, now_ns=11_000_000) == 10.0
-    assert scheduler.frame_age_ms(stamp_ns=0, received_ns=5_000_000, now_ns=11_000_000) == 6.0
+    on_clock = Frame("a", None, stamp_ns=1_000_000, received_ns=5_000_000)
+    assert Scheduler.frame_age_ms(on_clock, now_ns=11_000_000) == 10.0
+    # off the clock (here a zero stamp): from arrival, on the steady clock
+    arrived = time.monotonic_ns() - 6_000_000
+    off_clock = Frame("a", None, 0, 5_000_000, on_clock=False, received_steady_ns=arrived)
+    assert 6.0 <= Scheduler.frame_age_ms(off_clock, now_ns=11_000_000) < 6.0 + 5_000
