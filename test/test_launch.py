@@ -1,0 +1,182 @@
+"""``ros2 launch seg_perception seg.launch.py`` with the real launch system on a colcon install.
+
+Every launch argument is listed with its description and documented in the README; a launch with
+namespace, topic, config file and device/precision overrides starts seg_node from the install with
+exactly those values, serves an image end to end, and stops with exit 0 within 2 s of Ctrl-C.
+The commands below are the ones the README's ROS-native section shows (tested there too).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rcl_interfaces.srv import GetParameters
+from rclpy.parameter import parameter_value_to_python
+from ros_harness import RosHarness, make_image, wait_for
+from ros_native_support import (
+    REPO_ROOT,
+    SHOW_ARGS,
+    Launch,
+    Workspace,
+    colcon_workspace,
+    interrupt,
+    kill_group,
+    ros2_launch,
+    ros2_launch_command,
+    show_args,
+)
+from sensor_msgs.msg import Image
+
+pytestmark = pytest.mark.ros
+
+#: A front camera's parameter file; the launch arguments below override its device, precision
+#: and topic (on a machine without CUDA the node could not even start with this file alone).
+FRONT_YAML = """\
+/**:
+  ros__parameters:
+    device: cuda
+    precision: fp16
+    image_topic: camera/image_raw
+    qos_reliability: reliable
+    publish_color: true
+"""
+SINGLE_CAMERA = ("namespace:=front", "image_topic:=/front_camera/image_raw", "config:=front.yaml",
+                 "device:=cpu", "precision:=fp32", "max_age_ms:=0")
+#: Commands the README's ROS-native section must show verbatim, in this form.
+COMMANDS = (ros2_launch_command(SHOW_ARGS), ros2_launch_command(SINGLE_CAMERA))
+#: Seconds seg_node may take to start (imports torch and builds the model) on a loaded machine.
+STARTUP_TIMEOUT_S = 90.0
+#: Ctrl-C must end launch and its node within this many seconds.
+SHUTDOWN_LIMIT_S = 2.0
+FRAME_SHAPE = (64, 128, 3)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return colcon_workspace(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ros() -> RosHarness:
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def front(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    (workspace.root / "front.yaml").write_text(FRONT_YAML)
+    launch = ros2_launch(workspace, SINGLE_CAMERA, tmp_path_factory.mktemp("launch") / "front.log")
+    yield launch
+    kill_group(launch.process)
+
+
+def _readme_ros_native_section() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("## ROS-native path")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:end if end != -1 else None]
+
+
+def _shown_arguments(text: str) -> dict[str, str]:
+    """``{name: description}`` from ``--show-args`` output (``'name':`` then the description line)."""
+    return dict(re.findall(r"^    '([^']+)':\n        (.*)$", text, flags=re.MULTILINE))
+
+
+def _documented_arguments() -> dict[str, str]:
+    """``{name: description}`` from the README's launch-argument table (`| `name` | description |`)."""
+    return dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|$", _readme_ros_native_section(), flags=re.MULTILINE))
+
+
+def get_parameters(ros: RosHarness, node_name: str, names: list[str]) -> dict[str, object]:
+    """Read parameters through the node's ``get_parameters`` service, as ``ros2 param get`` does."""
+    client = ros.probe.create_client(GetParameters, f"{node_name}/get_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=STARTUP_TIMEOUT_S), f"no {node_name}/get_parameters"
+        future = client.call_async(GetParameters.Request(names=names))
+        assert wait_for(future.done, timeout=30.0), "get_parameters did not answer"
+        return {n: parameter_value_to_python(v) for n, v in zip(names, future.result().values, strict=True)}
+    finally:
+        ros.probe.destroy_client(client)
+
+
+def _serve_one(ros: RosHarness, launch: Launch, image_topic: str, output_prefix: str) -> dict[str, list[Image]]:
+    """Publish frames on ``image_topic`` until labels (and colour) come back under ``output_prefix``."""
+    outputs = {kind: ros.collect(Image, f"{output_prefix}/segmentation/{kind}") for kind in ("labels", "color")}
+    publisher = ros.publisher(image_topic)
+    rgb = np.random.default_rng(3).integers(0, 256, FRAME_SHAPE, dtype=np.uint8)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    sent = 0
+    while not (outputs["labels"] and outputs["color"]) and time.monotonic() < deadline:
+        assert launch.process.poll() is None, launch.output()[-3000:]
+        stamp = ros.probe.get_clock().now().to_msg()
+        publisher.publish(make_image(rgb, "rgb8", stamp, f"frame{sent}"))
+        sent += 1
+        wait_for(lambda: bool(outputs["labels"]), timeout=0.5)
+    assert outputs["labels"], f"no labels on {output_prefix}/segmentation/labels\n{launch.output()[-3000:]}"
+    wait_for(lambda: bool(outputs["color"]), timeout=5.0)
+    return outputs
+
+
+def test_show_args_lists_every_documented_argument_with_its_description(workspace: Workspace) -> None:
+    shown = _shown_arguments(show_args(workspace))
+    documented = _documented_arguments()
+    assert {"config", "namespace", "use_sim_time", "model", "weights", "image_topic", "device", "precision",
+            "compile", "image_transport", "backend", "max_age_ms"} <= set(shown)
+    assert set(shown) == set(documented), "README launch-argument table differs from --show-args"
+    for name, description in shown.items():
+        assert description.strip(), f"{name} has no description"
+        assert documented[name] == description.strip(), name
+
+
+def test_readme_shows_the_commands_these_tests_run() -> None:
+    section = _readme_ros_native_section()
+    assert "colcon build --packages-select seg_perception" in section
+    assert ". install/setup.sh" in section
+    for command in COMMANDS:
+        assert command in section, f"README ROS-native section lacks: {command}"
+    assert FRONT_YAML in section, "README should show the front.yaml the launch example uses"
+
+
+def test_launch_arguments_and_config_reach_the_node(front: Launch, ros: RosHarness) -> None:
+    values = get_parameters(ros, "/front/seg_node", [
+        "device", "precision", "image_topic", "max_age_ms", "qos_reliability", "publish_color", "model"])
+    assert values == {
+        "device": "cpu", "precision": "fp32", "image_topic": "/front_camera/image_raw",  # launch arguments
+        "max_age_ms": 0.0,
+        "qos_reliability": "reliable", "publish_color": True,  # front.yaml
+        "model": "regseg",  # declared default: neither the file nor an argument names it
+    }, front.output()[-3000:]
+
+
+def test_image_on_the_given_topic_comes_back_as_labels_in_the_namespace(front: Launch, ros: RosHarness) -> None:
+    outputs = _serve_one(ros, front, "/front_camera/image_raw", "/front")
+    labels = outputs["labels"][0]
+    assert (labels.height, labels.width, labels.encoding) == (*FRAME_SHAPE[:2], "mono8")
+    assert labels.header.frame_id.startswith("frame")
+    assert max(labels.data) < 19
+    assert outputs["color"], "publish_color from front.yaml did not reach the node"
+
+
+def test_ctrl_c_ends_launch_and_node_with_exit_0_within_2_s(front: Launch, ros: RosHarness) -> None:
+    get_parameters(ros, "/front/seg_node", ["device"])  # the node is up (also when run alone)
+    started = re.search(r"\[seg_node-1\]: process started with pid \[(\d+)\]", front.output())
+    assert started, front.output()[-3000:]
+    node_pid = int(started.group(1))
+    signalled = time.monotonic()
+    interrupt(front.process)
+    try:
+        front.process.wait(timeout=30.0)
+    finally:
+        elapsed = time.monotonic() - signalled
+    output = front.output()
+    print(f"\nCtrl-C: launch exited after {elapsed * 1e3:.0f} ms, rc {front.process.returncode}\n{output[-1500:]}")
+    assert front.process.returncode == 0, output[-3000:]
+    assert f"process has finished cleanly [pid {node_pid}]" in output, output[-3000:]
+    assert not Path(f"/proc/{node_pid}").exists(), "seg_node outlived launch"
+    assert "Traceback" not in output, output[-3000:]
+    assert elapsed < SHUTDOWN_LIMIT_S, f"launch and node took {elapsed:.2f} s to stop"
