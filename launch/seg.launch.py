@@ -69,7 +69,7 @@ def generate_launch_description():
     default_config = os.path.join(get_package_share_directory("seg_perception"), "config", "seg.yaml")
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=default_config,
-                              description="Parameter file for seg_node (default: the installed config/seg.yaml)"),
+                              description="Parameter file for seg_node"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace of the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false",

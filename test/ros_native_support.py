@@ -138,8 +138,8 @@ class Launch:
 def ros2_launch(workspace: Workspace, launch_args: tuple[str, ...], log: Path) -> Launch:
     """Start ``ros2 launch seg_perception seg.launch.py ARGS`` in the workspace root.
 
-    A new session stands in for the terminal: :func:`interrupt` then signals launch and its
-    node together, as Ctrl-C does.
+    A new session stands in for the terminal, so :func:`interrupt` can signal launch and its node
+    together as Ctrl-C does.
     """
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -159,9 +159,13 @@ def show_args(workspace: Workspace) -> str:
     return run.stdout
 
 
-def interrupt(process: subprocess.Popen) -> None:
-    """Ctrl-C: SIGINT to the whole process group (launch and the node it started)."""
-    os.killpg(process.pid, signal.SIGINT)
+def interrupt(process: subprocess.Popen, *, terminal: bool) -> None:
+    """SIGINT to launch alone (``kill -INT``, a supervisor) or, with ``terminal``, to launch and
+    its node together, as Ctrl-C in a terminal does (the node then gets it from launch too)."""
+    if terminal:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
 
 
 def kill_group(process: subprocess.Popen) -> None:

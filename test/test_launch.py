@@ -2,7 +2,7 @@
 
 Every launch argument is listed with its description and documented in the README; a launch with
 namespace, topic, config file and device/precision overrides starts seg_node from the install with
-exactly those values, serves an image end to end, and stops with exit 0 within 2 s of Ctrl-C.
+exactly those values, serves an image end to end, and stops with exit 0 within 2 s of SIGINT.
 The commands below are the ones the README's ROS-native section shows (tested there too).
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ros_native_support
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import parameter_value_to_python
 from ros_harness import RosHarness, make_image, wait_for
@@ -31,6 +32,8 @@ from ros_native_support import (
 )
 from sensor_msgs.msg import Image
 
+from seg_perception.params import PARAMS_BY_NAME
+
 pytestmark = pytest.mark.ros
 
 #: A front camera's parameter file; the launch arguments below override its device, precision
@@ -46,8 +49,13 @@ FRONT_YAML = """\
 """
 SINGLE_CAMERA = ("namespace:=front", "image_topic:=/front_camera/image_raw", "config:=front.yaml",
                  "device:=cpu", "precision:=fp32", "max_age_ms:=0")
-#: Commands the README's ROS-native section must show verbatim, in this form.
-COMMANDS = (ros2_launch_command(SHOW_ARGS), ros2_launch_command(SINGLE_CAMERA))
+#: Several cameras, one node: the shipped config names them and their topics.
+MULTI_CAMERA = ("namespace:=car", "config:=install/seg_perception/share/seg_perception/config/seg_3cameras.yaml",
+                "device:=cpu", "precision:=fp32", "max_age_ms:=0")
+#: Commands the README's ROS-native section must show verbatim, in this form (the multi-camera
+#: one once the node has the ``cameras`` parameter, as its test needs).
+COMMANDS = tuple(ros2_launch_command(args) for args in (SHOW_ARGS, SINGLE_CAMERA, MULTI_CAMERA)
+                 if args is not MULTI_CAMERA or "cameras" in PARAMS_BY_NAME)
 #: Seconds seg_node may take to start (imports torch and builds the model) on a loaded machine.
 STARTUP_TIMEOUT_S = 90.0
 #: Ctrl-C must end launch and its node within this many seconds.
@@ -71,6 +79,16 @@ def ros() -> RosHarness:
 def front(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Launch:
     (workspace.root / "front.yaml").write_text(FRONT_YAML)
     launch = ros2_launch(workspace, SINGLE_CAMERA, tmp_path_factory.mktemp("launch") / "front.log")
+    yield launch
+    kill_group(launch.process)
+
+
+@pytest.fixture(scope="module")
+def cars(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    if "cameras" not in PARAMS_BY_NAME:
+        pytest.skip("seg_node has no 'cameras' parameter in this checkout: multi-camera support "
+                    "(config/seg_3cameras.yaml) has not been merged yet")
+    launch = ros2_launch(workspace, MULTI_CAMERA, tmp_path_factory.mktemp("launch") / "cars.log")
     yield launch
     kill_group(launch.process)
 
@@ -104,21 +122,22 @@ def get_parameters(ros: RosHarness, node_name: str, names: list[str]) -> dict[st
         ros.probe.destroy_client(client)
 
 
-def _serve_one(ros: RosHarness, launch: Launch, image_topic: str, output_prefix: str) -> dict[str, list[Image]]:
-    """Publish frames on ``image_topic`` until labels (and colour) come back under ``output_prefix``."""
-    outputs = {kind: ros.collect(Image, f"{output_prefix}/segmentation/{kind}") for kind in ("labels", "color")}
+def _serve_one(ros: RosHarness, launch: Launch, image_topic: str, output_prefix: str,
+               kinds: tuple[str, ...] = ("labels", "color")) -> dict[str, list[Image]]:
+    """Publish frames on ``image_topic`` until every output in ``kinds`` comes back under ``output_prefix``."""
+    outputs = {kind: ros.collect(Image, f"{output_prefix}/segmentation/{kind}") for kind in kinds}
     publisher = ros.publisher(image_topic)
     rgb = np.random.default_rng(3).integers(0, 256, FRAME_SHAPE, dtype=np.uint8)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     sent = 0
-    while not (outputs["labels"] and outputs["color"]) and time.monotonic() < deadline:
+    while not outputs["labels"] and time.monotonic() < deadline:
         assert launch.process.poll() is None, launch.output()[-3000:]
         stamp = ros.probe.get_clock().now().to_msg()
         publisher.publish(make_image(rgb, "rgb8", stamp, f"frame{sent}"))
         sent += 1
         wait_for(lambda: bool(outputs["labels"]), timeout=0.5)
     assert outputs["labels"], f"no labels on {output_prefix}/segmentation/labels\n{launch.output()[-3000:]}"
-    wait_for(lambda: bool(outputs["color"]), timeout=5.0)
+    wait_for(lambda: all(outputs.values()), timeout=5.0)
     return outputs
 
 
@@ -142,6 +161,12 @@ def test_readme_shows_the_commands_these_tests_run() -> None:
     assert FRONT_YAML in section, "README should show the front.yaml the launch example uses"
 
 
+def test_missing_launch_sources_fail_naming_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(ros_native_support, "LAUNCH_SOURCES", tmp_path / "absent")
+    with pytest.raises(pytest.fail.Exception, match="absent"):
+        ros_native_support.launch_pythonpath()
+
+
 def test_launch_arguments_and_config_reach_the_node(front: Launch, ros: RosHarness) -> None:
     values = get_parameters(ros, "/front/seg_node", [
         "device", "precision", "image_topic", "max_age_ms", "qos_reliability", "publish_color", "model"])
@@ -162,21 +187,43 @@ def test_image_on_the_given_topic_comes_back_as_labels_in_the_namespace(front: L
     assert outputs["color"], "publish_color from front.yaml did not reach the node"
 
 
-def test_ctrl_c_ends_launch_and_node_with_exit_0_within_2_s(front: Launch, ros: RosHarness) -> None:
-    get_parameters(ros, "/front/seg_node", ["device"])  # the node is up (also when run alone)
-    started = re.search(r"\[seg_node-1\]: process started with pid \[(\d+)\]", front.output())
-    assert started, front.output()[-3000:]
+def _stop_with_sigint(launch: Launch, *, terminal: bool) -> None:
+    """SIGINT (see ros_native_support.interrupt) ends launch and node with exit 0 within SHUTDOWN_LIMIT_S."""
+    started = re.search(r"\[seg_node-1\]: process started with pid \[(\d+)\]", launch.output())
+    assert started, launch.output()[-3000:]
     node_pid = int(started.group(1))
     signalled = time.monotonic()
-    interrupt(front.process)
+    interrupt(launch.process, terminal=terminal)
     try:
-        front.process.wait(timeout=30.0)
+        launch.process.wait(timeout=30.0)
     finally:
         elapsed = time.monotonic() - signalled
-    output = front.output()
-    print(f"\nCtrl-C: launch exited after {elapsed * 1e3:.0f} ms, rc {front.process.returncode}\n{output[-1500:]}")
-    assert front.process.returncode == 0, output[-3000:]
+    output = launch.output()
+    sent_to = "launch and node" if terminal else "launch"
+    print(f"\nSIGINT to {sent_to}: exited after {elapsed * 1e3:.0f} ms, rc {launch.process.returncode}\n"
+          f"{output[-1500:]}")
+    assert launch.process.returncode == 0, output[-3000:]
     assert f"process has finished cleanly [pid {node_pid}]" in output, output[-3000:]
     assert not Path(f"/proc/{node_pid}").exists(), "seg_node outlived launch"
     assert "Traceback" not in output, output[-3000:]
     assert elapsed < SHUTDOWN_LIMIT_S, f"launch and node took {elapsed:.2f} s to stop"
+
+
+def test_sigint_ends_launch_and_node_with_exit_0_within_2_s(front: Launch, ros: RosHarness) -> None:
+    get_parameters(ros, "/front/seg_node", ["device"])  # the node is up (also when run alone)
+    _stop_with_sigint(front, terminal=False)
+
+
+def test_multi_camera_config_serves_every_camera_in_the_namespace(cars: Launch, ros: RosHarness) -> None:
+    cameras = get_parameters(ros, "/car/seg_node", ["cameras"])["cameras"]
+    assert len(cameras) >= 2, cameras
+    topics = get_parameters(ros, "/car/seg_node", [f"{camera}.image_topic" for camera in cameras])
+    for camera in cameras:
+        topic = topics[f"{camera}.image_topic"]
+        resolved = topic if topic.startswith("/") else f"/car/{topic}"
+        outputs = _serve_one(ros, cars, resolved, f"/car/{camera}", kinds=("labels",))
+        labels = outputs["labels"][0]
+        assert (labels.height, labels.width, labels.encoding) == (*FRAME_SHAPE[:2], "mono8"), camera
+    assert get_parameters(ros, "/car/seg_node", ["device", "precision"]) == {"device": "cpu", "precision": "fp32"}
+    # Ctrl-C in a terminal: the node gets SIGINT from the terminal and again from launch.
+    _stop_with_sigint(cars, terminal=True)
