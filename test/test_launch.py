@@ -8,6 +8,7 @@ The commands below are the ones the README's ROS-native section shows (tested th
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from pathlib import Path
@@ -165,6 +166,32 @@ def test_missing_launch_sources_fail_naming_the_folder(monkeypatch: pytest.Monke
     monkeypatch.setattr(ros_native_support, "LAUNCH_SOURCES", tmp_path / "absent")
     with pytest.raises(pytest.fail.Exception, match="absent"):
         ros_native_support.launch_pythonpath()
+
+
+def test_given_overrides_pass_unchanged_and_empty_ones_keep_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Values the node may only accept after later changes (precision auto, compressed input, the
+    # onnxruntime backend) must reach it as typed: the node, not the launch file, validates them.
+    for folder in reversed(ros_native_support.launch_pythonpath()):
+        monkeypatch.syspath_prepend(folder)
+    from launch.launch_context import LaunchContext
+
+    spec = importlib.util.spec_from_file_location("seg_launch", REPO_ROOT / "launch" / "seg.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "Node", lambda **kwargs: kwargs)
+    context = LaunchContext()
+    given = {"precision": "auto", "image_transport": "compressed", "backend": "onnxruntime", "max_age_ms": "250"}
+    context.launch_configurations.update({name: "" for name in module.OVERRIDES})
+    context.launch_configurations.update({"config": "front.yaml", "namespace": "", "use_sim_time": "false", **given})
+    (node,) = module._node(context)
+    config, overrides, sim_time = node["parameters"]
+    assert overrides == {"precision": "auto", "image_transport": "compressed", "backend": "onnxruntime",
+                         "max_age_ms": 250.0}
+    assert config.perform(context) == "front.yaml"  # the file first: the arguments override it
+    assert sim_time == {"use_sim_time": False}
+    context.launch_configurations["max_age_ms"] = "soon"
+    with pytest.raises(module.LaunchArgumentError, match="max_age_ms"):
+        module._node(context)
 
 
 def test_launch_arguments_and_config_reach_the_node(front: Launch, ros: RosHarness) -> None:
