@@ -65,7 +65,7 @@ MULTI_CAMERA = ("namespace:=car", "config:=cars.yaml", "device:=cpu", "precision
 COMMANDS = tuple(ros2_launch_command(args) for args in (SHOW_ARGS, SINGLE_CAMERA, MULTI_CAMERA))
 #: Seconds seg_node may take to start (imports torch and builds the model) on a loaded machine.
 STARTUP_TIMEOUT_S = 90.0
-#: Ctrl-C must end launch and its node within this many seconds.
+#: SIGINT must end launch and its node within this many seconds.
 SHUTDOWN_LIMIT_S = 2.0
 FRAME_SHAPE = (64, 128, 3)
 
@@ -115,14 +115,14 @@ def _documented_arguments() -> dict[str, str]:
     return dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|$", _readme_ros_native_section(), flags=re.MULTILINE))
 
 
-def get_parameters(ros: RosHarness, node_name: str, names: list[str]) -> dict[str, object]:
+def get_parameters(ros: RosHarness, launch: Launch, node_name: str, names: list[str]) -> dict[str, object]:
     """Read parameters through the node's ``get_parameters`` service, as ``ros2 param get`` does."""
     client = ros.probe.create_client(GetParameters, f"{node_name}/get_parameters")
     try:
-        assert client.wait_for_service(timeout_sec=STARTUP_TIMEOUT_S), f"no {node_name}/get_parameters"
+        assert client.wait_for_service(timeout_sec=STARTUP_TIMEOUT_S), launch.output()[-3000:]
         future = client.call_async(GetParameters.Request(names=names))
         # The service exists from the node's first moment, but answers once the node spins.
-        assert wait_for(future.done, timeout=STARTUP_TIMEOUT_S), "get_parameters did not answer"
+        assert wait_for(future.done, timeout=STARTUP_TIMEOUT_S), launch.output()[-3000:]
         values = future.result().values
         # rclpy answers nothing at all when any name is undeclared or unset.
         assert len(values) == len(names), f"{node_name} has no value for some of {names}"
@@ -211,7 +211,7 @@ def test_given_overrides_pass_unchanged_and_empty_ones_keep_the_config(monkeypat
 
 
 def test_launch_arguments_and_config_reach_the_node(front: Launch, ros: RosHarness) -> None:
-    values = get_parameters(ros, "/front/seg_node", [
+    values = get_parameters(ros, front, "/front/seg_node", [
         "device", "precision", "image_topic", "max_age_ms", "qos_reliability", "publish_color", "model"])
     assert values == {
         "device": "cpu", "precision": "fp32", "image_topic": "/front_camera/image_raw",  # launch arguments
@@ -253,20 +253,20 @@ def _stop_with_sigint(launch: Launch, *, terminal: bool) -> None:
 
 
 def test_sigint_ends_launch_and_node_with_exit_0_within_2_s(front: Launch, ros: RosHarness) -> None:
-    get_parameters(ros, "/front/seg_node", ["device"])  # the node is up (also when run alone)
+    get_parameters(ros, front, "/front/seg_node", ["device"])  # the node is up (also when run alone)
     _stop_with_sigint(front, terminal=False)
 
 
 def test_multi_camera_config_serves_every_camera_in_the_namespace(cars: Launch, ros: RosHarness) -> None:
-    cameras = get_parameters(ros, "/car/seg_node", ["cameras"])["cameras"]
+    cameras = get_parameters(ros, cars, "/car/seg_node", ["cameras"])["cameras"]
     assert cameras == ["front", "rear"], cars.output()[-3000:]
-    topics = get_parameters(ros, "/car/seg_node", [f"{camera}.image_topic" for camera in cameras])
+    topics = get_parameters(ros, cars, "/car/seg_node", [f"{camera}.image_topic" for camera in cameras])
     for camera in cameras:
         topic = topics[f"{camera}.image_topic"]
         resolved = topic if topic.startswith("/") else f"/car/{topic}"
         outputs = _serve_one(ros, cars, resolved, f"/car/{camera}", kinds=("labels",))
         labels = outputs["labels"][0]
         assert (labels.height, labels.width, labels.encoding) == (*FRAME_SHAPE[:2], "mono8"), camera
-    assert get_parameters(ros, "/car/seg_node", ["device", "precision"]) == {"device": "cpu", "precision": "fp32"}
+    assert get_parameters(ros, cars, "/car/seg_node", ["device", "precision"]) == {"device": "cpu", "precision": "fp32"}
     # Ctrl-C in a terminal: the node gets SIGINT from the terminal and again from launch.
     _stop_with_sigint(cars, terminal=True)
