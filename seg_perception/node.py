@@ -171,7 +171,14 @@ class SegmentationNode(Node):
     def _setup(self, engine_factory: EngineFactory) -> None:
         problems = self._declare()
         ids = self.cameras or (SINGLE_CAMERA,)
-        topics = {camera: self.resolve_topic_name(self._camera_value(camera, "image_topic")) for camera in ids}
+        topics = {}
+        for camera in ids:
+            topic = self._camera_value(camera, "image_topic")
+            try:
+                topics[camera] = self.resolve_topic_name(topic)
+            except RuntimeError as exc:  # rclpy's RCLError: not a valid topic name
+                where = f"{camera}.image_topic" if camera else "image_topic"
+                problems.append(f"{where} {P.shown(topic)} is not a valid topic name ({str(exc)[:120]})")
         if not problems:
             problems += P.duplicate_topic_problems(topics)
         if problems:

@@ -197,7 +197,7 @@ CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}\Z")
 MAX_CAMERAS = 64
 
 
-def _shown(value: Any, limit: int = 40) -> str:
+def shown(value: Any, limit: int = 40) -> str:
     """``repr`` of user input, bounded so an error message stays short."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -206,13 +206,13 @@ def _shown(value: Any, limit: int = 40) -> str:
 def camera_name_problems(cameras: Any) -> list[str]:
     """Why a ``cameras`` list is not acceptable (empty when it is)."""
     if isinstance(cameras, (str, bytes)) or not hasattr(cameras, "__len__"):
-        return [f"must be a list of camera names, got {_shown(cameras)}"]
+        return [f"must be a list of camera names, got {shown(cameras)}"]
     if len(cameras) > MAX_CAMERAS:
         return [f"at most {MAX_CAMERAS} cameras, got {len(cameras)}"]
     problems, seen = [], set()
     for name in cameras:
         if not isinstance(name, str) or not CAMERA_NAME.match(name):
-            problems.append(f"camera name {_shown(name)} is not a valid ROS name token "
+            problems.append(f"camera name {shown(name)} is not a valid ROS name token "
                             "(a letter, then letters, digits or _; at most 63 characters)")
         elif name in PARAMS_BY_NAME:
             problems.append(f"camera name {name!r} is also a node parameter; choose another name")
@@ -273,7 +273,7 @@ def validate_config(values: Mapping[str, Any]) -> list[str]:
     problems = validate_params(node_wide)
     cameras = list(node_wide.get("cameras") or [])
     for camera in sorted(set(sections) - set(cameras)):
-        problems.append(f"parameters for {_shown(camera)}, which is not in cameras")
+        problems.append(f"parameters for {shown(camera)}, which is not in cameras")
     for camera in dict.fromkeys(cameras):
         problems += camera_param_problems(camera, sections.get(camera, {}))
     if not camera_name_problems(cameras):

@@ -197,6 +197,7 @@ def test_per_camera_parameters_validate_and_apply_at_runtime(node: SegmentationN
         ({"cameras": ["model"]}, "camera name 'model' is also a node parameter"),
         ({"cameras": ["a", "b"], "a.image_topic": "/same", "b.image_topic": "/same"}, "cameras a, b all read /same"),
         ({"cameras": ["a"], "a.max_age_ms": -1.0}, "a.max_age_ms must be >= 0"),
+        ({"cameras": ["a"], "a.image_topic": "no spaces please"}, "a.image_topic 'no spaces please' is not a valid"),
     ],
 )
 def test_invalid_camera_configurations_are_refused_at_startup(ros, params, reason) -> None:
