@@ -1,27 +1,56 @@
-"""Launch seg_node with the installed config, optionally overriding model, weights and topic.
+"""Launch seg_node with a parameter file, optionally overriding the parameters users change most.
 
-    ros2 launch seg_perception seg.launch.py model:=deeplabv3plus weights:=/path/ckpt.pth \
-        image_topic:=/front_camera/image_raw namespace:=front
+    ros2 launch seg_perception seg.launch.py --show-args     # every argument, with its description
+    ros2 launch seg_perception seg.launch.py device:=cpu precision:=fp32 \
+        image_topic:=/front_camera/image_raw namespace:=front config:=front.yaml
+
+An override left empty (its default) keeps the value from ``config``; a given one is handed to the
+node unchanged. The node validates it and says why at startup when it is wrong, so this file does
+not repeat the node's list of allowed values and need not change when a parameter gains one.
+Settings without an argument here (several cameras, thresholds, outputs) go in the ``config`` file.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-#: Launch arguments that override the config file when given a non-empty value.
-OVERRIDES = ("model", "weights", "image_topic")
+#: Launch arguments that override the node parameter of the same name when non-empty.
+OVERRIDES = {
+    "model": "Architecture name, see `seg-perception models` (empty: from config)",
+    "weights": "Checkpoint file (empty: from config)",
+    "image_topic": "Input image topic (empty: from config)",
+    "device": "auto, cuda or cpu (empty: from config)",
+    "precision": "Inference precision, e.g. fp16 or fp32 (empty: from config)",
+    "compile": "none, torch_compile or cuda_graph (empty: from config)",
+    "image_transport": "raw or compressed input images (empty: from config)",
+    "backend": "Inference backend, e.g. torch or onnxruntime (empty: from config)",
+    "max_age_ms": "Drop frames older than this many ms, 0 = never (empty: from config)",
+}
+
+#: Overrides the node declares as doubles; ``ros2 launch`` hands every argument over as text.
+FLOAT_OVERRIDES = ("max_age_ms",)
+
+
+class LaunchArgumentError(ValueError):
+    """A launch argument that cannot be turned into the parameter type the node declares."""
+
+
+def _override_value(name: str, text: str) -> str | float:
+    if name not in FLOAT_OVERRIDES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise LaunchArgumentError(f"{name}:={text[:64]!r} must be a number") from None
 
 
 def _node(context, *args, **kwargs):
-    overrides = {
-        name: LaunchConfiguration(name).perform(context)
-        for name in OVERRIDES
-        if LaunchConfiguration(name).perform(context)
-    }
+    given = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
+    overrides = {name: _override_value(name, text) for name, text in given.items() if text}
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
     return [
         Node(
@@ -41,10 +70,11 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=default_config,
                               description="Parameter file for seg_node"),
-        DeclareLaunchArgument("model", default_value="", description="Override the model name"),
-        DeclareLaunchArgument("weights", default_value="", description="Override the checkpoint path"),
-        DeclareLaunchArgument("image_topic", default_value="", description="Override the input topic"),
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="Namespace of the node and its topics"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="true: judge frame ages on /clock (ros2 bag play --clock)"),
+        *(DeclareLaunchArgument(name, default_value="", description=description)
+          for name, description in OVERRIDES.items()),
         OpaqueFunction(function=_node),
     ])
