@@ -12,6 +12,7 @@ from rosbags.rosbag2 import Writer
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_io import GT_TOPIC, IMAGE_TOPIC, IMAGE_TYPE, TYPESTORE, DriveBag, image_message
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
+from seg_perception.evaluation.node_process import NodeStartError, books_delta, parse_diagnostics
 from seg_perception.evaluation.sample_drive import make_sample_drive
 
 FRAMES = 8
@@ -45,6 +46,11 @@ def assert_every_frame_accounted(report: dict, frames: int) -> None:
             == f["dropped"]["total"] + f["rejected"]["total"])
     assert live["reconciliation"]["all_accounted"]
     assert live["unexpected_outputs"] == 0
+    # the node ran as a process of its own and was stopped cleanly
+    node = live["node_process"]
+    assert node["exit_code"] == 0
+    assert "seg_perception.node" in " ".join(node["command"]) and "--params-file" in node["command"]
+    assert "stopped in" in Path(node["log"]).read_text()
 
 
 def test_live_replay_through_the_node_accounts_for_every_frame(drive, tmp_path: Path) -> None:
@@ -54,8 +60,13 @@ def test_live_replay_through_the_node_accounts_for_every_frame(drive, tmp_path: 
     returned = [r for r in live["per_frame"] if r["status"] == "evaluated"]
     assert all(r["latency_ms"] > 0 for r in returned)
     assert live["timing"]["frame_latency_ms"]["count"] == len(returned)
-    assert live["timing"]["stages_ms"]["inference"]["count"] == live["live"]["node_accounting"]["processed"]
+    # stage timings come from the node's /diagnostics: its window holds the warm-up frames too
+    processed = live["live"]["node_accounting"]["processed"]
+    assert live["timing"]["stages_ms"]["inference"]["count"] == processed + live["live"]["warmup_frames"]
+    assert live["timing"]["stages_ms"]["inference"]["p50"] > 0
     assert live["live"]["dds"]["discovery_range"] == "LOCALHOST"
+    assert live["live"]["dds"]["node_input_qos"].startswith("reliable")
+    assert live["live"]["transport_lost"] == 0  # reliable over shared memory: nothing lost
     # The node's labels equal the engine's (same seeded random weights): every frame evaluated
     # live has the pixel accuracy the offline run measured on it.
     offline = run(drive.bag, tmp_path / "offline", "offline")
@@ -110,3 +121,29 @@ def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsy
     assert report["frames"]["read"] == 4
     with DriveBag(out / "drive" / "bag") as bag:
         assert bag.info.image_count == 4
+
+
+def test_node_that_cannot_start_is_a_clear_error_with_its_log(drive, tmp_path: Path) -> None:
+    values = resolve_params(device="cpu", weights=str(tmp_path / "missing.pt"), model_options="{}")
+    with pytest.raises(NodeStartError, match="seg_node exited with code 1") as info:
+        evaluate(EvalOptions(bag=drive.bag, out=tmp_path, mode="live", progress=False), values)
+    assert "missing.pt" in str(info.value)  # the node's own reason, from its log
+
+
+def test_parse_diagnostics_reads_the_nodes_books_and_timings() -> None:
+    values = {"frames_received": "40", "frames_processed": "30", "frames_dropped_total": "9",
+              "frames_rejected_total": "1", "frames_in_flight": "0", "dropped_superseded": "8",
+              "dropped_stale": "1", "rejected_encoding": "1", "drop_ratio": "0.25",
+              "inference_ms_p50": "80.50", "inference_ms_p90": "90.00", "inference_ms_p99": "99.00",
+              "inference_ms_max": "120.00", "model": "regseg", "parameters": "3334951"}
+    parsed = parse_diagnostics(values)
+    books = parsed["books"]
+    assert books["received"] == 40 and books["processed"] == 30 and books["in_flight"] == 0
+    assert books["dropped"] == {"superseded": 8, "stale": 1} and books["rejected"] == {"encoding": 1}
+    assert parsed["stages"]["inference"]["p50"] == 80.5 and "preprocess" not in parsed["stages"]
+    assert parsed["engine"]["parameters"] == 3334951
+    baseline = parse_diagnostics({**values, "frames_received": "3", "frames_processed": "3",
+                                  "frames_dropped_total": "0", "frames_rejected_total": "0",
+                                  "dropped_superseded": "0", "dropped_stale": "0", "rejected_encoding": "0"})
+    delta = books_delta(books, baseline["books"])
+    assert delta["received"] == 37 and delta["processed"] == 27 and delta["dropped"] == {"superseded": 8, "stale": 1}

@@ -55,7 +55,7 @@ def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
     options = EvalOptions(bag=bag, out=out, mode=args.mode, speed=args.speed, overlays=args.overlays,
                           video=args.video, save_predictions=args.save_predictions, domain_id=args.domain_id,
                           seed=args.seed, threads=args.threads, progress=not args.no_progress, image_topic=args.image_topic,
-                          gt_topic=args.gt_topic)
+                          gt_topic=args.gt_topic, input_qos=args.input_qos)
     try:
         report, paths = evaluate(options, values)
     except RuntimeError as exc:  # DDS discovery or the node failing to start
@@ -106,6 +106,9 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
                    help="write predictions/<index>_pred_labelIds.png (Cityscapes label ids)")
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--gt-topic", default="/camera/semantic_gt")
+    p.add_argument("--input-qos", default="reliable", choices=("reliable", "best_effort"),
+                   help="live: the node's input QoS (reliable measures the node; best_effort a sensor-data "
+                        "camera path, where frames lost in transport are counted)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS domain of a live run (default ROS_DOMAIN_ID)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (untrained runs)")
     p.add_argument("--threads", type=int, default=threads,
