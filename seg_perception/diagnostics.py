@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .text import bounded
+
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 
@@ -104,7 +106,8 @@ def build_report(
             problems.append((ERROR, f"{ratio:.0%} of recent frames dropped or rejected"))
         elif ratio >= thresholds.drop_warn_ratio:
             problems.append((WARN, f"{ratio:.0%} of recent frames dropped or rejected"))
+    values = {key: bounded(value) for key, value in values.items()}  # errors echo user input
     if not problems:
         return HealthReport(OK, "ok", values)
     level = max(level for level, _ in problems)
-    return HealthReport(level, "; ".join(text for _, text in problems), values)
+    return HealthReport(level, bounded("; ".join(bounded(text) for _, text in problems), 1000), values)

@@ -92,7 +92,8 @@ def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path
                 image = image_message(stamp, "cam", rgb, "rgb8")
             label = gt[:30] if i == 2 else gt  # frame 2: ground truth of another size
             writer.write(image_conn, stamp, TYPESTORE.serialize_cdr(image, IMAGE_TYPE))
-            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(image_message(stamp, "cam", label, "mono8"), IMAGE_TYPE))
+            gt_msg = image_message(stamp, "cam", label, "mono8")
+            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(gt_msg, IMAGE_TYPE))
     report = run(tmp_path / "bag", tmp_path / "out", "live", speed=0.5)
     assert_every_frame_accounted(report, 6)
     assert report["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}

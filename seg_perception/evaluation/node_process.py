@@ -102,7 +102,7 @@ class NodeProcess:
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the node
         self.profile = use_large_image_transport(env)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=workdir)
         self.exit_code: int | None = None
