@@ -155,8 +155,11 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
                 notes.append(f"seg_node exited with code {live['node_process']['exit_code']} "
                              f"(log: {live['node_process']['log']})")
             if live["transport_lost"] or live["output_lost"]:
-                notes.append(f"{live['transport_lost']} frames never reached the node and {live['output_lost']} "
-                             f"labels never came back (DDS transport; profile {live['dds']['fastdds_profile']})")
+                notes.append(
+                    f"{live['transport_lost']} frames never reached the node's callback and {live['output_lost']} "
+                    f"labels never came back. Over shared memory with reliable QoS this means the node's input "
+                    f"queue ({live['dds']['node_input_qos']}) overflowed while its executor was starved of CPU "
+                    f"(with best_effort input: DDS loss). Profile: {live['dds']['fastdds_profile']}")
             if not live["reconciliation"]["all_accounted"]:
                 notes.append(f"frame accounting does not reconcile: {live['reconciliation']}")
         video = ledger.close()

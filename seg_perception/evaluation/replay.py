@@ -113,8 +113,11 @@ class Ledger:
             record.status, record.reason = "not_evaluated", "prediction_size_mismatch"
         else:
             matrix = self.confusion.update_label_ids(labels, frame.gt)
-            record.pixel_accuracy = float(np.trace(matrix) / matrix.sum()) if matrix.sum() else None
-            self._outputs(frame, labels)
+            if matrix.sum():
+                record.pixel_accuracy = float(np.trace(matrix) / matrix.sum())
+                self._outputs(frame, labels)
+            else:  # every pixel is an ignored label: nothing was evaluated on this frame
+                record.status, record.reason = "not_evaluated", "gt_no_valid_pixel"
         self.records.append(record)
         return record
 
