@@ -148,3 +148,17 @@ def test_parse_diagnostics_reads_the_nodes_books_and_timings() -> None:
                                   "dropped_superseded": "0", "dropped_stale": "0", "rejected_encoding": "0"})
     delta = books_delta(books, baseline["books"])
     assert delta["received"] == 37 and delta["processed"] == 27 and delta["dropped"] == {"superseded": 8, "stale": 1}
+
+
+def test_compressed_frames_are_published_as_recorded() -> None:
+    from types import SimpleNamespace
+
+    from sensor_msgs.msg import CompressedImage
+
+    from seg_perception.evaluation.bag_io import BagFrame
+    from seg_perception.evaluation.replay import _image_message
+
+    image = SimpleNamespace(format="rgb8; jpeg compressed bgr8", data=np.arange(10, dtype=np.uint8))
+    msg = _image_message(BagFrame(0, 5, "cam", image, None), CompressedImage)
+    assert msg.format == "rgb8; jpeg compressed bgr8" and bytes(msg.data) == bytes(range(10))
+    assert msg.header.frame_id == "cam"

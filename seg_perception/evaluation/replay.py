@@ -226,13 +226,14 @@ class _Probe:
     ``/diagnostics``. Its callbacks run on an executor thread of this process; the node runs in
     its own process, so nothing here competes with the node for a GIL."""
 
-    def __init__(self, context: Any, image_topic: str, labels_topic: str) -> None:
+    def __init__(self, context: Any, image_topic: str, labels_topic: str, image_type: type) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
         from rclpy.node import Node
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
+        self.image_type = image_type
         self.results: queue.Queue = queue.Queue()
         self.publisher_matched = threading.Event()
         self.labels_matched = threading.Event()
@@ -243,7 +244,7 @@ class _Probe:
         qos = QoSProfile(depth=REPLAY_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST)
         self.publisher = self.node.create_publisher(
-            Image, image_topic, qos,
+            image_type, image_topic, qos,
             event_callbacks=PublisherEventCallbacks(
                 matched=lambda info: info.current_count > 0 and self.publisher_matched.set()))
         self.node.create_subscription(
@@ -314,11 +315,9 @@ def _warm_up(first: BagFrame, probe: _Probe, count: int) -> tuple[int, dict[str,
     (lazy initialisation, allocator growth) before the measured replay, as it would have on a car
     after its first second. Returns the diagnostics sequence number and the books after warm-up,
     which the replay's books are counted from."""
-    from sensor_msgs.msg import Image
-
     seq = 0
     for sent in range(1, count + 1):
-        msg = _image_message(first, Image)
+        msg = _image_message(first, probe.image_type)
         stamp = probe.now_ns()
         _stamp(msg, stamp)
         probe.publisher.publish(msg)
@@ -361,6 +360,7 @@ def run_live(bag: DriveBag, node_params: dict[str, Any], ledger: Ledger, speed: 
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage, Image
 
     frames = bag.frames()
     first = next(frames, None)
@@ -368,12 +368,20 @@ def run_live(bag: DriveBag, node_params: dict[str, Any], ledger: Ledger, speed: 
         raise ValueError(f"bag {bag.path} has no readable frames on {bag.info.image_topic}")
     domain = pick_domain_id(domain_id)
     params = {**node_params, "diagnostics_period": DIAGNOSTICS_PERIOD_S}
+    image_topic = params.get("image_topic", P.defaults()["image_topic"])
+    compressed = getattr(bag.info, "image_transport", "raw") == "compressed"
+    if compressed:  # published as recorded; the node decodes, as it would on the car
+        if "image_transport" not in P.PARAMS_BY_NAME:
+            raise ValueError(f"{bag.info.image_topic} holds compressed images but this seg_node has no "
+                             f"image_transport parameter; evaluate the bag with --mode offline")
+        params["image_transport"] = "compressed"
+        image_topic = f"{image_topic}/compressed"
     node = NodeProcess(params, ledger.out, domain, threads, seed)
     context = Context()
     context.init(args=[], domain_id=domain)
     probe = executor = spin_thread = None
     try:
-        probe = _Probe(context, params.get("image_topic", P.defaults()["image_topic"]), LABELS_TOPIC)
+        probe = _Probe(context, image_topic, LABELS_TOPIC, CompressedImage if compressed else Image)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(probe.node)
         spin_thread = threading.Thread(target=executor.spin, name="seg_eval_executor", daemon=True)
@@ -404,9 +412,19 @@ def run_live(bag: DriveBag, node_params: dict[str, Any], ledger: Ledger, speed: 
     return stats
 
 
+def _is_compressed(image: Any) -> bool:
+    return hasattr(image, "format") and not hasattr(image, "encoding")
+
+
 def _image_message(frame: BagFrame, image_cls: type) -> Any:
-    """An rclpy Image with the bag message's pixels and fields (stamp set at publish time)."""
+    """An rclpy Image (or CompressedImage) with the bag message's data and fields, as recorded
+    (stamp set at publish time)."""
     src = frame.image
+    if _is_compressed(src):
+        msg = image_cls(format=str(src.format))
+        msg.header.frame_id = frame.frame_id
+        msg.data = np.asarray(src.data, dtype=np.uint8).tobytes()
+        return msg
     msg = image_cls(height=int(src.height), width=int(src.width), encoding=str(src.encoding),
                     is_bigendian=int(src.is_bigendian), step=int(src.step))
     msg.header.frame_id = frame.frame_id
@@ -418,8 +436,6 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, probe: _Probe, seq: int, 
             ledger: Ledger, speed: float, max_pixels: int, latency_window: int,
             progress: bool) -> dict[str, Any]:
     """Publish on the recorded schedule, match outputs as they come, then wait for stragglers."""
-    from sensor_msgs.msg import Image
-
     pending: dict[int, _Pending] = {}  # publish stamp -> frame, in publish order
     e2e: list[float] = []
     unexpected = 0
@@ -455,6 +471,9 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, probe: _Probe, seq: int, 
             bar.set_postfix(ledger.counts(), refresh=False)
 
     def _give_up(entry: _Pending) -> None:
+        if _is_compressed(entry.frame.image):  # only the node's decoder knows; its books say why
+            ledger.missing(entry.frame, "dropped", None, entry.sent_s)
+            return
         try:
             check_image(entry.frame.image.encoding, entry.frame.image.height, entry.frame.image.width,
                         entry.frame.image.step, entry.frame.image.data, entry.frame.image.is_bigendian,
@@ -469,7 +488,7 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, probe: _Probe, seq: int, 
         yield from rest
 
     for frame in frames_iter():
-        msg = _image_message(frame, Image)
+        msg = _image_message(frame, probe.image_type)
         due = start + (frame.stamp_ns - first.stamp_ns) / 1e9 / speed
         while True:  # match outputs while waiting for this frame's time
             wait = due - time.monotonic()
