@@ -49,6 +49,7 @@ from .engine import EngineConfig, OutputRequest, SegmentationEngine, Segmentatio
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
 from .scheduler import CameraPolicy, Engine, Frame, Scheduler
 from .stats import FailureTracker
+from .text import bounded
 
 try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
     from cv_bridge import CvBridge
@@ -199,7 +200,7 @@ class SegmentationNode(Node):
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
-            self.scheduler.startup_error = f"{type(exc).__name__}: {exc}"
+            self.scheduler.startup_error = bounded(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"model not loaded, serving nothing: {self.scheduler.startup_error}")
         if self.scheduler.engine is not None and not self.values["weights"]:
             self.get_logger().warning(
@@ -256,7 +257,9 @@ class SegmentationNode(Node):
 
     def _log(self, level: int, message: str) -> None:
         """The scheduler's reports, into the ROS log; warnings and errors that start alike are
-        logged at most once per ``LOG_THROTTLE_S``."""
+        logged at most once per ``LOG_THROTTLE_S``. Messages are bounded: they echo frames and
+        parameter values."""
+        message = bounded(message)
         if level >= logging.WARNING:
             key, now = (level, message[:24]), time.monotonic()
             if now - self._logged.get(key, -LOG_THROTTLE_S) < LOG_THROTTLE_S:
@@ -442,12 +445,12 @@ class SegmentationNode(Node):
             return SetParametersResult(successful=True, reason="reverted after a failed load")
         values, cameras, reload, refused = self._changed(changes)
         if refused:
-            return SetParametersResult(successful=False, reason=refused)
+            return SetParametersResult(successful=False, reason=bounded(refused))
         problems = P.validate_params(values)
         for camera, overrides in cameras.items():
             problems += P.camera_param_problems(camera, overrides)
         if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
+            return SetParametersResult(successful=False, reason=bounded("; ".join(problems), 2000))
         loading = self.scheduler.loading
         if reload and loading is not None:
             return SetParametersResult(successful=False,
@@ -455,7 +458,8 @@ class SegmentationNode(Node):
         if reload:
             return SetParametersResult(
                 successful=True,
-                reason=f"loading {_model_label(values)} in the background; the current model serves until then",
+                reason=bounded(f"loading {_model_label(values)} in the background; the current model serves "
+                               "until then"),
             )
         return SetParametersResult(successful=True)
 

@@ -37,6 +37,7 @@ import numpy as np
 from .engine import OutputRequest, SegmentationResult, recover_from_failure
 from .image_conversion import ImageRejected
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
+from .text import bounded
 
 LOG = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ class Scheduler:
         self.log(logging.INFO, f"now serving {label}: {engine.description}")
 
     def _load_failed(self, label: str, reason: str, on_failed: Callable[[str], None] | None) -> None:
-        self.reload_error = f"{label}: {reason}"
+        self.reload_error = bounded(f"{label}: {reason}")
         self.log(logging.ERROR, f"could not load {label}: {reason}; the current model keeps serving")
         try:
             if on_failed is not None and not self._stop.is_set():

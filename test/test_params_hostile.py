@@ -104,3 +104,38 @@ def test_bounded_keeps_short_text_and_says_how_much_was_cut() -> None:
     assert bounded("abc", 10) == "abc"
     cut = bounded("x" * 1000, 100)
     assert len(cut) == 100 and cut.startswith("x") and "more chars]" in cut
+
+
+@pytest.mark.ros
+def test_node_set_results_logs_and_diagnostics_stay_bounded(tmp_path: Path) -> None:
+    from functools import partial
+
+    from rclpy.parameter import Parameter
+    from reliability_support import FakeEngine
+    from ros_harness import RosHarness, wait_for
+
+    from seg_perception.node import SegmentationNode
+
+    def factory(config):  # noqa: ANN001, ANN202 - a loader whose error echoes the weights path
+        if config.weights:
+            raise CheckpointNotFoundError(f"weights file {config.weights!r} does not exist")
+        return FakeEngine(config)
+
+    ros = RosHarness()
+    try:
+        node = ros.add(partial(SegmentationNode, engine_factory=factory), device="cpu", precision="fp32")
+        for name in P.STRING_PARAMS:
+            for kind, value in HOSTILE.items():
+                (result,) = node.set_parameters([Parameter(name, value=value)])
+                assert len(result.reason) <= 2000, (name, kind)
+                if name != "weights":
+                    assert not result.successful, (name, kind)
+        long_path = str(tmp_path / ("w" * 3000))  # accepted (a missing file is the loader's to report)
+        (result,) = node.set_parameters([Parameter("weights", value=long_path)])
+        assert result.successful and len(result.reason) <= 2000
+        assert wait_for(lambda: node.scheduler.reload_error is not None, timeout=30.0)
+        (status,) = node.diagnostics().status
+        assert "model reload failed" in status.message and len(status.message) <= 1000
+        assert all(len(kv.value) <= 500 for kv in status.values)
+    finally:
+        ros.close()
