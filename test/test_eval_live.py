@@ -162,3 +162,41 @@ def test_compressed_frames_are_published_as_recorded() -> None:
     msg = _image_message(BagFrame(0, 5, "cam", image, None), CompressedImage)
     assert msg.format == "rgb8; jpeg compressed bgr8" and bytes(msg.data) == bytes(range(10))
     assert msg.header.frame_id == "cam"
+
+
+def test_two_cameras_replay_through_one_node_each_accounted(tmp_path: Path) -> None:
+    from seg_perception.evaluation.evaluate import node_overrides
+    from seg_perception.evaluation.replay import Ledger, LiveCamera, run_live_cameras
+
+    rng = np.random.default_rng(0)
+    topics = {cam: (f"/{cam}/image_raw", f"/{cam}/semantic_gt") for cam in ("front", "left")}
+    with Writer(tmp_path / "bag", version=9) as writer:
+        conns = {t: writer.add_connection(t, IMAGE_TYPE, typestore=TYPESTORE) for pair in topics.values() for t in pair}
+        for i in range(5):
+            stamp = 1_000_000_000 + i * 200_000_000
+            for cam, (image_topic, gt_topic) in topics.items():
+                rgb = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+                for topic, msg in ((image_topic, image_message(stamp, cam, rgb, "rgb8")),
+                                   (gt_topic, image_message(stamp, cam, np.full((32, 64), 7, np.uint8), "mono8"))):
+                    writer.write(conns[topic], stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+    values = resolve_params(device="cpu")
+    cameras = []
+    for cam, (image_topic, gt_topic) in topics.items():
+        bag = DriveBag(tmp_path / "bag", image_topic, gt_topic)
+        cameras.append(LiveCamera(cam, bag, Ledger(tmp_path / cam, bag.info.image_count, overlays=0)))
+        (tmp_path / cam).mkdir()
+    try:
+        stats = run_live_cameras(cameras, node_overrides(values, 10), speed=0.5, progress=False, threads=1)
+    finally:
+        for camera in cameras:
+            camera.bag.close()
+    params = (tmp_path / "front" / "node_params.yaml").read_text()
+    assert "cameras:" in params and "front.image_topic: front/image_raw" in params
+    for camera, camera_stats in zip(cameras, stats, strict=True):
+        books = camera_stats["node_accounting"]
+        assert camera_stats["camera"] == camera.name and camera_stats["published"] == 5
+        assert books["received"] == 5 and books["in_flight"] == 0  # this camera's own books
+        assert camera_stats["reconciliation"]["all_accounted"] and camera_stats["transport_lost"] == 0
+        assert sorted(r.index for r in camera.ledger.records) == list(range(5))
+        assert camera_stats["results_received"] == books["processed"] >= 1
+        assert camera_stats["stages_ms"]["inference"]["p50"] > 0 and camera_stats["node_process"]["exit_code"] == 0
