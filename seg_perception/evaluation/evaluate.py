@@ -16,7 +16,7 @@ from ..engine import SegmentationEngine, resolve_device
 from . import report as R
 from .bag_io import GT_TOPIC, IMAGE_TOPIC, DriveBag
 from .metrics import summarize
-from .replay import MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
+from .replay import LIVE_INPUT_DEPTH, MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
 
 #: Parameters that describe the label set, not the run; left out of the report's config.
 _LABEL_PARAMS = ("class_names", "palette")
@@ -146,6 +146,8 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
             timing = run_offline(bag, engine, ledger, values["max_pixels"], options.progress)
         else:
             params = {**node_overrides(values, bag.info.image_count), "qos_reliability": options.input_qos}
+            if options.input_qos == "reliable":  # a starved node shows as superseded, not as queue overflow
+                params["qos_depth"] = max(values["qos_depth"], LIVE_INPUT_DEPTH)
             live = run_live(bag, params, ledger, options.speed, options.domain_id, options.progress,
                             threads=options.threads, seed=None if values["weights"] else options.seed)
             engine_description = live.pop("engine")

@@ -59,6 +59,10 @@ STRAGGLER_IDLE_S = 3.0
 WARMUP_FRAMES = 3
 #: The node's diagnostics period during a live run: the books are read from them.
 DIAGNOSTICS_PERIOD_S = 0.25
+#: The node's input history in a reliable live run: when its executor is starved of CPU, frames
+#: wait in the reader queue and reach the latest-frame slot (counted ``superseded``) instead of
+#: being overwritten in a keep-last-5 queue before the node sees them.
+LIVE_INPUT_DEPTH = 20
 #: History of the replay publisher and the labels subscription (frames of slack, about 3 s at 17 Hz).
 REPLAY_QOS_DEPTH = 50
 LABELS_TOPIC = "segmentation/labels"
