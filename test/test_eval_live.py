@@ -200,3 +200,29 @@ def test_two_cameras_replay_through_one_node_each_accounted(tmp_path: Path) -> N
         assert sorted(r.index for r in camera.ledger.records) == list(range(5))
         assert camera_stats["results_received"] == books["processed"] >= 1
         assert camera_stats["stages_ms"]["inference"]["p50"] > 0 and camera_stats["node_process"]["exit_code"] == 0
+
+
+def test_live_node_params_for_several_cameras_and_compressed_bags() -> None:
+    from types import SimpleNamespace
+
+    from seg_perception import params as P
+    from seg_perception.evaluation.replay import LiveCamera, live_node_params
+
+    def bag(topic: str, transport: str = "raw") -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(image_topic=topic, image_transport=transport))
+
+    cameras = [LiveCamera("front", bag("/front/image_raw"), None), LiveCamera("left", bag("/left/image_raw"), None)]
+    params = live_node_params(cameras, {"model": "regseg"})
+    assert params["cameras"] == ["front", "left"] and params["left.image_topic"] == "left/image_raw"
+    assert cameras[1].topics(params) == ("left/image_raw", "left/segmentation/labels")
+    compressed = LiveCamera(None, bag("/camera/image_raw/compressed", "compressed"), None)
+    assert compressed.topics({"image_topic": "camera/image_raw"})[0] == "camera/image_raw/compressed"
+    if "image_transport" in P.PARAMS_BY_NAME:
+        assert live_node_params([compressed], {})["image_transport"] == "compressed"
+    else:
+        with pytest.raises(ValueError, match="--mode offline"):
+            live_node_params([compressed], {})
+    mixed = [LiveCamera("front", bag("/front/image_raw"), None),
+             LiveCamera("left", bag("/left/image_raw/compressed", "compressed"), None)]
+    with pytest.raises(ValueError, match="mix raw and compressed"):
+        live_node_params(mixed, {})

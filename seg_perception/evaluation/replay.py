@@ -16,6 +16,12 @@
   profile) with RELIABLE QoS from a reliable publisher, so transport loss is not expected; the
   evaluator asks for a reliable node subscription unless told otherwise (``--input-qos``).
 
+Several cameras (:func:`run_live_cameras`): one node with ``cameras: [...]`` and each camera's
+``<camera>.image_topic`` set to its bag topic; frames of all cameras are published in stamp order
+and each camera is reconciled with its own status on ``/diagnostics``. A compressed bag is
+published as recorded (``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``) to a node
+started with ``image_transport: compressed``.
+
 DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (unless set), on one domain
 id shared by the node process and this one.
 """
