@@ -77,7 +77,8 @@ def main() -> int:
         ("received / processed", f"{run['received']} / {run['processed']}"),
         ("dropped by reason", str(run["dropped"])),
         ("rejected by reason", str(run["rejected"])),
-        ("books add up (received = processed + dropped + rejected)", str(result["books_add_up"])),
+        ("node books match the probe's counts (sent, labels back, not back = dropped + rejected)",
+         str(result["books_match_probe"])),
         ("latency p50 during overload", f"{result['latency_ms_p50']:.1f} ms"),
         ("latency p99 first / last fifth",
          f"{result['latency_ms_p99_start']:.1f} / {result['latency_ms_p99_end']:.1f} ms "
@@ -96,7 +97,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
-    ok = (result["books_add_up"] and result["headers_match"] and not mismatched
+    ok = (result["books_match_probe"] and result["headers_match"] and not mismatched
           and result["recovered_to_ok"] and result["p99_ratio_end_over_start"] <= 1.5)
     return 0 if ok else 1
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .stamps import ClockMismatch
+from .text import bounded
 
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
@@ -35,10 +36,13 @@ def _fmt(value: Any) -> str:
 
 
 def _combine(values: dict[str, str], problems: list[tuple[int, str]]) -> HealthReport:
+    """Every value and the message are bounded: errors and paths echo user input, and this is
+    republished every diagnostics period."""
+    values = {key: bounded(value) for key, value in values.items()}
     if not problems:
         return HealthReport(OK, "ok", values)
     level = max(level for level, _ in problems)
-    return HealthReport(level, "; ".join(text for _, text in problems), values)
+    return HealthReport(level, bounded("; ".join(bounded(text) for _, text in problems), 1000), values)
 
 
 def engine_report(

@@ -50,10 +50,11 @@ from .compressed import check_compressed, decode_jpegs_cuda, decode_to_rgb
 from .diagnostics import HealthReport, Thresholds, build_report, camera_report, engine_report
 from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
-from .params import bounded, params_file_problem
+from .params import params_file_problem
 from .process import ShutdownRequested, ShutdownSignals, exit_now
 from .scheduler import CameraPolicy, Engine, Frame, Scheduler
 from .stats import FailureTracker
+from .text import bounded, bounded_repr, one_line
 
 try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
     from cv_bridge import CvBridge
@@ -194,7 +195,7 @@ class SegmentationNode(Node):
                 topics[camera] = self.resolve_topic_name(topic)
             except RuntimeError as exc:  # rclpy's RCLError: not a valid topic name
                 where = f"{camera}.image_topic" if camera else "image_topic"
-                problems.append(f"{where} {P.shown(topic)} is not a valid topic name ({str(exc)[:120]})")
+                problems.append(f"{where} {bounded_repr(topic, 40)} is not a valid topic name ({str(exc)[:120]})")
         if not problems:
             problems += P.duplicate_topic_problems(topics)
         if problems:
@@ -224,7 +225,7 @@ class SegmentationNode(Node):
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
-            self.scheduler.startup_error = f"{type(exc).__name__}: {exc}"
+            self.scheduler.startup_error = bounded(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"model not loaded, serving nothing: {self.scheduler.startup_error}")
         if self.scheduler.engine is not None and not self.values["weights"]:
             self.get_logger().warning(
@@ -314,7 +315,9 @@ class SegmentationNode(Node):
 
     def _log(self, level: int, message: str) -> None:
         """The scheduler's reports, into the ROS log; warnings and errors that start alike are
-        logged at most once per ``LOG_THROTTLE_S``."""
+        logged at most once per ``LOG_THROTTLE_S``. Messages are bounded: they echo frames and
+        parameter values."""
+        message = bounded(message)
         if level >= logging.WARNING:
             key, now = (level, message[:24]), time.monotonic()
             if now - self._logged.get(key, -LOG_THROTTLE_S) < LOG_THROTTLE_S:
@@ -547,12 +550,12 @@ class SegmentationNode(Node):
             return SetParametersResult(successful=True, reason="reverted after a failed load")
         values, cameras, reload, refused = self._changed(changes)
         if refused:
-            return SetParametersResult(successful=False, reason=refused)
+            return SetParametersResult(successful=False, reason=bounded(refused))
         problems = P.validate_params(values)
         for camera, overrides in cameras.items():
             problems += P.camera_param_problems(camera, overrides)
         if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
+            return SetParametersResult(successful=False, reason=bounded("; ".join(problems), 2000))
         loading = self.scheduler.loading
         if reload and loading is not None:
             return SetParametersResult(successful=False,
@@ -560,7 +563,8 @@ class SegmentationNode(Node):
         if reload:
             return SetParametersResult(
                 successful=True,
-                reason=f"loading {_model_label(values)} in the background; the current model serves until then",
+                reason=bounded(f"loading {_model_label(values)} in the background; the current model serves "
+                               "until then"),
             )
         return SetParametersResult(successful=True)
 
@@ -647,7 +651,7 @@ def run(args: list[str] | None, signals: ShutdownSignals) -> int:
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except RuntimeError as exc:  # rcl's RCLError: arguments it could not parse
-        print(f"seg_node: cannot start ROS: {bounded(str(exc))}", file=sys.stderr)
+        print(f"seg_node: cannot start ROS: {one_line(exc)}", file=sys.stderr)
         return 2
     node = None
     executor = SingleThreadedExecutor()
@@ -662,7 +666,7 @@ def run(args: list[str] | None, signals: ShutdownSignals) -> int:
     except ExternalShutdownException:
         pass  # the context was shut down by someone else (e.g. a launch system in-process)
     except STARTUP_ERRORS as exc:
-        print(f"seg_node: {type(exc).__name__}: {bounded(str(exc))}", file=sys.stderr)
+        print(f"seg_node: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
         signals.stopping()

@@ -25,8 +25,36 @@ import yaml
 from .cityscapes import CLASS_NAMES, PALETTE
 from .engine import COMPILE_MODES, DEVICES, PRECISIONS, EngineConfig
 from .image_conversion import DEFAULT_MAX_PIXELS
+from .text import ECHO_LIMIT, bounded, bounded_repr, one_line
 
 Validator = Callable[[Any], str | None]
+
+#: Longest string any parameter accepts (a path is at most 4096 bytes on Linux); checked before a
+#: validator or a YAML parser sees the value.
+MAX_STRING_CHARS = 4096
+#: Largest side of ``inference_size``: beyond this no camera exists and the tensors would not fit.
+MAX_INFERENCE_SIDE = 8192
+#: Labels are published as mono8: class ids must fit in a byte.
+MAX_CLASSES = 255
+#: Bounds of a ``model_options``/``crf_options`` mapping: flat options with scalar or short-list values.
+MAX_OPTION_KEYS = 32
+MAX_OPTION_LIST = 64
+MAX_OPTION_STRING = 256
+
+
+class OptionsError(ValueError):
+    """A ``model_options``/``crf_options`` string that is not an acceptable options mapping."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: a few hundred bytes of aliases expand to
+    gigabytes (the "billion laughs"), and no option needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise OptionsError("YAML anchors and aliases (&, *) are not allowed in option values")
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -46,7 +74,7 @@ class ParamSpec:
 
 
 def _choice(*choices: str) -> Validator:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {bounded_repr(v)}"
 
 
 def _in_range(low: float, high: float) -> Validator:
@@ -63,23 +91,84 @@ def _non_negative(v: float) -> str | None:
 
 def _size(v: Any) -> str | None:
     if len(v) != 2 or any(int(x) < 0 for x in v) or (0 in v and tuple(v) != (0, 0)):
-        return f"must be [height, width] with both > 0, or [0, 0] for the frame size; got {list(v)}"
+        return (f"must be [height, width] with both > 0, or [0, 0] for the frame size; "
+                f"got {bounded_repr(list(v)[:4])}")
+    if any(int(x) > MAX_INFERENCE_SIDE for x in v):
+        return f"sides must be at most {MAX_INFERENCE_SIDE}; got {list(v)}"
     return None
+
+
+def _option_value_problem(key: str, value: Any) -> str | None:
+    """Options are scalars or short flat lists of scalars; anything else is refused unexpanded."""
+    def scalar(x: Any) -> bool:
+        return x is None or isinstance(x, (bool, int, float)) or (isinstance(x, str) and len(x) <= MAX_OPTION_STRING)
+
+    if scalar(value):
+        return None
+    if isinstance(value, list) and len(value) <= MAX_OPTION_LIST and all(scalar(x) for x in value):
+        return None
+    return (f"option {bounded_repr(key, 60)} must be a number, bool, short string or a flat list of at most "
+            f"{MAX_OPTION_LIST} of them")
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``model_options``/``crf_options`` string -> dict, or :class:`OptionsError` saying why not.
+
+    The text is size-checked before it is parsed, the parser refuses aliases, and the result must
+    be a small flat mapping, so nothing downstream ever expands or echoes a large structure.
+    """
+    if len(text) > MAX_STRING_CHARS:
+        raise OptionsError(f"is {len(text)} characters long; at most {MAX_STRING_CHARS}")
+    if not text.strip():
+        return {}
+    try:
+        parsed = yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as exc:
+        raise OptionsError(f"is not valid YAML: {bounded(exc, 200)}") from None
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise OptionsError(f"must be a YAML mapping like '{{key: value}}', got {bounded_repr(text)}")
+    if len(parsed) > MAX_OPTION_KEYS:
+        raise OptionsError(f"has {len(parsed)} keys; at most {MAX_OPTION_KEYS}")
+    for key, value in parsed.items():
+        if not isinstance(key, str):
+            raise OptionsError(f"keys must be option names (strings), got {bounded_repr(key, 60)}")
+        problem = _option_value_problem(key, value)
+        if problem:
+            raise OptionsError(problem)
+    return parsed
 
 
 def _yaml_mapping(v: str) -> str | None:
     try:
-        parsed = yaml.safe_load(v) if v.strip() else {}
-    except yaml.YAMLError as exc:
-        return f"is not valid YAML: {exc}"
-    return None if isinstance(parsed, dict) else f"must be a YAML mapping like '{{key: value}}', got {v!r}"
+        parse_options(v)
+    except OptionsError as exc:
+        return str(exc)
+    return None
+
+
+def _weights(v: str) -> str | None:
+    from .models.checkpoint import weights_path_problem
+
+    if "\x00" in v:
+        return "must be a file path (it contains a NUL byte)"
+    return weights_path_problem(v) if v else None
+
+
+def _topic(v: str) -> str | None:
+    """ROS topic names: letters, digits, ``_``, ``/``, ``~``, ``{}`` (substitutions); not empty."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_/~{}")
+    if not v or len(v) > 256 or not set(v) <= allowed or v[0].isdigit():
+        return f"must be a ROS topic name (letters, digits, _ and /, at most 256 chars), got {bounded_repr(v)}"
+    return None
 
 
 def _model_name(v: str) -> str | None:
     from .models import list_models
 
     models = list_models()
-    return None if v in models else f"{v!r} is not a registered model; valid models: {', '.join(models)}"
+    return None if v in models else f"{bounded_repr(v)} is not a registered model; valid models: {', '.join(models)}"
 
 
 PARAMS: tuple[ParamSpec, ...] = (
@@ -87,9 +176,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               validate=_model_name, reload=True),
     ParamSpec("variant", "", "Architecture variant; empty = the model's default variant.", reload=True),
     ParamSpec("weights", "", "Checkpoint file; empty = random weights (labels meaningless, logged loudly).",
-              reload=True),
-    ParamSpec("num_classes", 19, "Number of classes the model predicts (19 = Cityscapes train ids).",
-              validate=_positive, range=(1, 255), reload=True),
+              validate=_weights, reload=True),
+    ParamSpec("num_classes", 19, "Number of classes the model predicts (19 = Cityscapes train ids; at most 255: "
+              "labels are mono8).", validate=_in_range(1, MAX_CLASSES), range=(1, MAX_CLASSES), reload=True),
     ParamSpec("model_options", "{}",
               "Builder options as a YAML mapping, e.g. '{scales: [0.5, 1.0], align_corners: false}'.",
               validate=_yaml_mapping, reload=True),
@@ -112,7 +201,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Empty = one camera on image_topic.",
               validate=lambda v: "; ".join(camera_name_problems(v)) or None),
     ParamSpec("image_topic", "camera/image_raw",
-              "Input sensor_msgs/Image topic (relative, remappable); single-camera mode only."),
+              "Input sensor_msgs/Image topic (relative, remappable); single-camera mode only.", validate=_topic),
     ParamSpec("image_transport", "raw",
               "raw: sensor_msgs/Image on the image topic | compressed: sensor_msgs/CompressedImage (JPEG/PNG) "
               "on <image topic>/compressed, as image_transport's compressed plugin publishes it.",
@@ -177,6 +266,8 @@ PARAMS: tuple[ParamSpec, ...] = (
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+#: Parameters that take free text: each is tested with hostile values (test_params_hostile.py).
+STRING_PARAMS: tuple[str, ...] = tuple(p.name for p in PARAMS if isinstance(p.default, str))
 
 
 @dataclass(frozen=True)
@@ -209,22 +300,17 @@ CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}\Z")
 MAX_CAMERAS = 64
 
 
-def shown(value: Any, limit: int = 40) -> str:
-    """``repr`` of user input, bounded so an error message stays short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def camera_name_problems(cameras: Any) -> list[str]:
     """Why a ``cameras`` list is not acceptable (empty when it is)."""
     if isinstance(cameras, (str, bytes)) or not hasattr(cameras, "__len__"):
-        return [f"must be a list of camera names, got {shown(cameras)}"]
+        return [f"must be a list of camera names, got {bounded_repr(cameras, 40)}"]
     if len(cameras) > MAX_CAMERAS:
         return [f"at most {MAX_CAMERAS} cameras, got {len(cameras)}"]
     problems, seen = [], set()
     for name in cameras:
         if not isinstance(name, str) or not CAMERA_NAME.match(name):
-            problems.append(f"camera name {shown(name)} is not a valid ROS name token "
+            problems.append(f"camera name {bounded_repr(name, 40)} is not a valid ROS name token "
                             "(a letter, then letters, digits or _; at most 63 characters)")
         elif name in PARAMS_BY_NAME:
             problems.append(f"camera name {name!r} is also a node parameter; choose another name")
@@ -285,7 +371,7 @@ def validate_config(values: Mapping[str, Any]) -> list[str]:
     problems = validate_params(node_wide)
     cameras = list(node_wide.get("cameras") or [])
     for camera in sorted(set(sections) - set(cameras)):
-        problems.append(f"parameters for {shown(camera)}, which is not in cameras")
+        problems.append(f"parameters for {bounded_repr(camera, 40)}, which is not in cameras")
     for camera in dict.fromkeys(cameras):
         problems += camera_param_problems(camera, sections.get(camera, {}))
     if not camera_name_problems(cameras):
@@ -298,16 +384,19 @@ def validate_param(name: str, value: Any) -> str | None:
     """The reason ``value`` is not acceptable for ``name``, or None when it is."""
     spec = PARAMS_BY_NAME.get(name)
     if spec is None:
-        return f"unknown parameter {name!r}"
+        return f"unknown parameter {bounded_repr(name, 80)}"
     if spec.default is not None and not _same_kind(value, spec.default):
-        return f"{name} must be of type {type(spec.default).__name__}, got {type(value).__name__} {value!r}"
+        return (f"{name} must be of type {type(spec.default).__name__}, got {type(value).__name__} "
+                f"{bounded_repr(value)}")
+    if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+        return f"{name} is {len(value)} characters long; at most {MAX_STRING_CHARS}"
     if spec.validate is None:
         return None
     try:
         reason = spec.validate(value)
     except (TypeError, ValueError) as exc:
-        reason = f"is not a valid value ({exc}), got {value!r}"
-    return f"{name} {reason}" if reason else None
+        reason = f"is not a valid value ({bounded(exc, 200)}), got {bounded_repr(value)}"
+    return bounded(f"{name} {reason}") if reason else None
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -343,28 +432,53 @@ def validate_params(values: Mapping[str, Any]) -> list[str]:
 
 def _engine_problems(values: Mapping[str, Any]) -> list[str]:
     """Model/variant/options against the registry, and device/precision/size combinations."""
+    from .crf import CRFConfig, CRFConfigError
     from .engine import EngineConfigError
-    from .models.registry import ModelConfigError, model_options, resolve
+    from .models.registry import ModelConfigError, model_option_defaults, resolve
 
     try:
         resolve(values["model"], values["variant"] or None)
-        valid = model_options(values["model"], values["variant"] or None)
+        defaults_ = model_option_defaults(values["model"], values["variant"] or None)
     except ModelConfigError as exc:
-        return [str(exc)]
-    unknown = sorted(set(parse_yaml_mapping(values["model_options"])) - set(valid))
+        return [bounded(exc)]
+    options = parse_yaml_mapping(values["model_options"])
+    unknown = sorted(set(options) - set(defaults_))
     if unknown:
-        return [f"model_options: unknown option(s) {', '.join(unknown)} for model {values['model']!r}; "
-                f"valid options: {', '.join(valid) or 'none'}"]
+        return [bounded(f"model_options: unknown option(s) {', '.join(unknown)} for model {values['model']!r}; "
+                        f"valid options: {', '.join(defaults_) or 'none'}")]
+    for key, value in options.items():
+        problem = _option_type_problem(value, defaults_[key])
+        if problem:
+            return [bounded(f"model_options: {key} {problem}")]
+    try:
+        CRFConfig(mode=values["crf"], **parse_yaml_mapping(values["crf_options"])).validate()
+    except TypeError as exc:  # an unknown option name
+        return [bounded(f"crf_options: {exc}".replace("CRFConfig.__init__() ", ""))]
+    except CRFConfigError as exc:
+        return [bounded(f"crf_options: {exc}")]
     try:
         engine_config(values).validate()
     except EngineConfigError as exc:
-        return [str(exc)]
+        return [bounded(exc)]
     return []
 
 
+def _option_type_problem(value: Any, default: Any) -> str | None:
+    """A builder option's value against the kind of its default (None defaults take anything)."""
+    if default is None:
+        return None
+    if isinstance(default, (list, tuple)):
+        kind, ok = "a list", isinstance(value, list)
+        if ok and default and isinstance(default[0], (int, float)):
+            kind, ok = "a list of numbers", all(_same_kind(x, float(default[0])) for x in value)
+    else:
+        kind, ok = type(default).__name__, _same_kind(value, default)
+    return None if ok else f"must be {kind}, got {bounded_repr(value, 80)}"
+
+
 def parse_yaml_mapping(text: str) -> dict[str, Any]:
-    """``model_options``/``crf_options`` string -> dict (validated beforehand)."""
-    return dict(yaml.safe_load(text) or {}) if text.strip() else {}
+    """``model_options``/``crf_options`` string -> dict (see :func:`parse_options`)."""
+    return dict(parse_options(text))
 
 
 def defaults() -> dict[str, Any]:
@@ -401,16 +515,6 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
     )
 
 
-#: Longest piece of user input (a path, a parameter name, a parser message) echoed in an error.
-ECHO_LIMIT = 200
-
-
-def bounded(text: str, limit: int = ECHO_LIMIT) -> str:
-    """``text`` on one line and at most ``limit`` characters, so an error that echoes user input
-    stays one readable line whatever the input was."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
 
 def params_files(argv: list[str]) -> list[str]:
     """The ``--params-file`` paths among ROS command-line arguments."""
@@ -424,7 +528,7 @@ def params_file_problem(argv: list[str]) -> str | None:
     internals, and a missing file deserves to be named as such.
     """
     for path in params_files(argv):
-        shown = bounded(repr(path))
+        shown = one_line(repr(path), ECHO_LIMIT)
         if not os.path.exists(path):
             return f"params file {shown} does not exist"
         if os.path.isdir(path):
@@ -433,9 +537,9 @@ def params_file_problem(argv: list[str]) -> str | None:
             with open(path, encoding="utf-8") as f:
                 document = yaml.safe_load(f)
         except OSError as exc:
-            return f"params file {shown} cannot be read: {bounded(exc.strerror or str(exc))}"
+            return f"params file {shown} cannot be read: {one_line(exc.strerror or str(exc), ECHO_LIMIT)}"
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            return f"params file {shown} is not valid YAML: {bounded(str(exc))}"
+            return f"params file {shown} is not valid YAML: {one_line(str(exc), ECHO_LIMIT)}"
         if document is not None and not isinstance(document, dict):
             return (f"params file {shown} must be a mapping '<node name>: {{ros__parameters: {{...}}}}', "
                     f"got a {type(document).__name__}")
@@ -447,4 +551,4 @@ def unknown_parameter_message(name: str, known: list[str]) -> str:
     naming the closest known parameter."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown parameter {bounded(repr(name), 80)} is ignored{hint}"
+    return f"unknown parameter {one_line(repr(name), 80)} is ignored{hint}"

@@ -38,6 +38,7 @@ from .engine import OutputRequest, SegmentationResult, recover_from_failure
 from .image_conversion import ImageRejected
 from .stamps import DEFAULT_LIMIT_S, StampClock
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
+from .text import bounded
 
 LOG = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class Scheduler:
         self.log(logging.INFO, f"now serving {label}: {engine.description}")
 
     def _load_failed(self, label: str, reason: str, on_failed: Callable[[str], None] | None) -> None:
-        self.reload_error = f"{label}: {reason}"
+        self.reload_error = bounded(f"{label}: {reason}")
         self.log(logging.ERROR, f"could not load {label}: {reason}; the current model keeps serving")
         try:
             if on_failed is not None and not self._stop.is_set():

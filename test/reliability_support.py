@@ -456,8 +456,9 @@ def run_overload(harness: NodeHarness, frames: int, shape: tuple[int, int], fact
         "overload_frames_sent": frames,
         "books": books,
         "run": delta,
-        "books_add_up": books["received"] == books["processed"] + books["dropped_total"]
-        + books["rejected_total"],
+        # the node's books against what this probe counted itself: frames it sent, labels it got
+        "books_match_probe": delta["received"] == len(stamps) and delta["processed"] == len(labels)
+        and sum(delta["dropped"].values()) + sum(delta["rejected"].values()) == len(stamps) - len(labels),
         "processed_during_overload": len(overload_labels),
         "inference_ms_p50": inference["p50"],
         "latency_ms_p50": float(np.median(latencies)) if latencies else float("nan"),

@@ -61,8 +61,6 @@ def test_pipeline_report_has_every_measurement(pipeline_report: dict) -> None:
     assert engine["latency_ms"]["p50"] <= engine["latency_ms"]["p99"]
     assert engine["throughput_depth"] == 2 and run["modes"]["naive"]["throughput_depth"] == 1
     assert set(engine["stages_ms"]) == {"upload", "preprocess", "inference", "postprocess", "download"}
-    assert engine["overlap_ratio"] == pytest.approx(engine["throughput_fps"] * engine["latency_ms"]["p50"] / 1e3)
-    assert run["speedup_vs_naive_p50"]["naive"] == pytest.approx(1.0)
     assert "targets" not in run  # targets are for 1024x2048 only
     assert run["cost"]["gflops"] > 0
 

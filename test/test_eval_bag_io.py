@@ -177,3 +177,68 @@ def test_converter_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is 6x5 but its image is 6x4"):
         cityscapes_to_bag(root, "val", tmp_path / "bag", progress=False)
     assert not (tmp_path / "bag").exists()  # no half-written bag left behind
+
+
+def test_images_sharing_a_stamp_pair_in_order_with_their_ground_truths(tmp_path: Path) -> None:
+    rgb = [np.full((2, 3, 3), v, np.uint8) for v in (1, 2)]
+    gt = [np.full((2, 3), v, np.uint8) for v in (7, 26)]
+    # both images first, then both ground truths: a stamp-only pairing gives image 2 ground truth 1
+    messages = [(IMAGE_TOPIC, 1, image_message(100, "c", rgb[0], "rgb8")),
+                (IMAGE_TOPIC, 2, image_message(100, "c", rgb[1], "rgb8")),
+                (GT_TOPIC, 3, image_message(100, "c", gt[0], "mono8")),
+                (GT_TOPIC, 4, image_message(100, "c", gt[1], "mono8"))]
+    with DriveBag(write_bag(tmp_path / "bag", messages)) as reader:
+        frames = list(reader.frames())
+        assert reader.pairing.gt_without_image == 0 and reader.ambiguous_stamps == set()
+    assert [int(np.asarray(f.image.data)[0]) for f in frames] == [1, 2]
+    assert [int(f.gt[0, 0]) for f in frames] == [7, 26]
+
+
+def test_unequal_images_and_ground_truths_at_one_stamp_are_not_guessed(tmp_path: Path) -> None:
+    rgb, gt = np.zeros((2, 3, 3), np.uint8), np.full((2, 3), 7, np.uint8)
+    messages = [(IMAGE_TOPIC, 1, image_message(100, "c", rgb, "rgb8")),
+                (IMAGE_TOPIC, 2, image_message(100, "c", rgb, "rgb8")),
+                (GT_TOPIC, 3, image_message(100, "c", gt, "mono8")),
+                (IMAGE_TOPIC, 4, image_message(200, "c", rgb, "rgb8")),
+                (GT_TOPIC, 5, image_message(200, "c", gt, "mono8"))]
+    with DriveBag(write_bag(tmp_path / "bag", messages)) as reader:
+        frames = list(reader.frames())
+        notes = reader.pairing.notes
+    assert [(f.stamp_ns, f.gt_problem) for f in frames] == [(100, "ambiguous_stamp"), (100, "ambiguous_stamp"),
+                                                            (200, None)]
+    assert any("unequal numbers of images and ground truths" in n and "stamp 100: 2 images, 1" in n for n in notes)
+
+
+def test_metadata_that_under_counts_messages_is_noted(drive, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    bag = tmp_path / "bag"
+    shutil.copytree(drive.bag, bag)
+    meta_path = bag / "metadata.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    for topic in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        if topic["topic_metadata"]["name"] == IMAGE_TOPIC:
+            topic["message_count"] = 2
+    meta_path.write_text(yaml.safe_dump(meta))
+    with DriveBag(bag) as reader:
+        frames = list(reader.frames())
+        notes = reader.pairing.notes
+    assert len(frames) == 6
+    assert any("metadata lists 2 messages" in n and "holds 6" in n for n in notes)
+
+
+def test_frame_whose_ground_truth_is_all_ignored_is_not_counted_as_evaluated(tmp_path: Path) -> None:
+    from seg_perception.evaluation.bag_io import BagFrame
+    from seg_perception.evaluation.replay import Ledger
+
+    ledger = Ledger(tmp_path, total_frames=2, overlays=0)
+    labels = np.zeros((2, 3), np.uint8)
+    image = image_message(1, "c", np.zeros((2, 3, 3), np.uint8), "rgb8")
+    unlabeled = BagFrame(0, 1, "c", image, np.zeros((2, 3), np.uint8))  # label id 0: ignored
+    road = BagFrame(1, 2, "c", image, np.full((2, 3), 7, np.uint8))  # label id 7: road
+    assert ledger.result(unlabeled, labels, 1.0, 0.0).reason == "gt_no_valid_pixel"
+    assert ledger.result(road, labels, 1.0, 0.0).pixel_accuracy == 1.0
+    assert ledger.counts()["evaluated"] == 1 and ledger.counts()["not_evaluated"] == 1
+    assert int(ledger.confusion.matrix.sum()) == 6

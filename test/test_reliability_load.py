@@ -31,7 +31,7 @@ def test_overload_drops_with_reasons_keeps_latency_flat_and_headers_exact() -> N
     print(f"\noverload: {summary}")
     # Every received frame is processed or dropped with a reason; the totals add up exactly.
     assert run["received"] == result["frames_sent"]
-    assert result["books_add_up"] and books["in_flight"] == 0
+    assert result["books_match_probe"] and books["in_flight"] == 0
     assert run["processed"] + sum(run["dropped"].values()) == run["received"] and not run["rejected"]
     assert set(run["dropped"]) <= {"superseded", "stale"}
     assert run["dropped"].get("superseded", 0) > result["overload_frames_sent"] // 3

@@ -14,7 +14,12 @@ writes are rosbag2 format version 9 (sqlite3 or mcap storage), the format ``ros2
 Jazzy, so Jazzy and later can play them.
 
 Reading pairs an image with the ground truth of the same header stamp, in the order the images
-were recorded. Problems are never skipped silently: a bag that cannot be read raises
+were recorded; when several images share a stamp, the k-th image of a stamp pairs with the k-th
+ground truth of that stamp. Before reading, a census of every header stamp (read from the raw CDR
+bytes, without decoding images) finds stamps whose images and ground truths cannot be paired
+exactly (e.g. two images and one ground truth): their frames come out unpaired
+(``ambiguous_stamp``) rather than evaluated on a guess. The census also notes when the bag's
+metadata under-counts its messages. Problems are never skipped silently: a bag that cannot be read raises
 :class:`BagError` naming the cause (and, for a missing topic, the topics it does have); a frame
 whose ground truth is missing or unusable comes out with ``gt=None`` and a ``gt_problem`` reason
 that the report counts.
@@ -24,7 +29,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections import OrderedDict
+import struct
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +229,28 @@ class PairingStats:
     notes: list[str] = field(default_factory=list)
 
 
+def raw_header_stamp(raw: bytes) -> int:
+    """The header stamp (ns) of a serialized message that starts with a ``std_msgs/Header``
+    (Image, CompressedImage), read from its CDR bytes without decoding the rest."""
+    little = raw[1] == 1  # encapsulation CDR_LE = 00 01, CDR_BE = 00 00
+    sec, nanosec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+@dataclass
+class StampCensus:
+    """How many images and ground truths the bag holds per header stamp."""
+
+    images: Counter = field(default_factory=Counter)
+    gts: Counter = field(default_factory=Counter)
+
+    def ambiguous(self) -> set[int]:
+        """Stamps where several images or ground truths meet unequal numbers of the other: any
+        pairing there would be a guess."""
+        return {s for s, n in self.images.items()
+                if self.gts[s] and n != self.gts[s] and (n > 1 or self.gts[s] > 1)}
+
+
 def _gt_array(msg: Any, image: Any) -> tuple[np.ndarray | None, str | None]:
     """Decode a ground-truth message, or give the reason it cannot be used for this image."""
     if msg.encoding not in GT_ENCODINGS:
@@ -334,6 +362,13 @@ class DriveBag:
             duration_s=self._reader.duration / 1e9,
             image_transport="compressed" if topics[image_topic][0] == COMPRESSED_TYPE else "raw",
         )
+        try:
+            self.census = self._census()
+        except BagError:
+            self._reader.close()
+            raise
+        self.ambiguous_stamps = self.census.ambiguous()
+        self._note_census()
 
     def __enter__(self) -> DriveBag:
         return self
@@ -344,6 +379,34 @@ class DriveBag:
     def close(self) -> None:
         if self._reader.is_open:
             self._reader.close()
+
+    def _census(self) -> StampCensus:
+        """Every image and ground-truth header stamp, from the raw bytes (no image decoding)."""
+        census = StampCensus()
+        connections = [c for c in self._reader.connections if c.topic in (self.image_topic, self.gt_topic)]
+        read = 0
+        try:
+            for conn, _, raw in self._reader.messages(connections=connections):
+                counter = census.images if conn.topic == self.image_topic else census.gts
+                counter[raw_header_stamp(raw)] += 1
+                read += 1
+        except Exception as exc:  # noqa: BLE001 - any failure mid-read means a damaged bag
+            raise BagError(f"bag {self.path} is truncated or corrupt: reading failed after {read} "
+                           f"messages: {type(exc).__name__}: {exc}") from exc
+        return census
+
+    def _note_census(self) -> None:
+        for topic, counted, listed in ((self.image_topic, self.census.images.total(), self.info.image_count),
+                                       (self.gt_topic, self.census.gts.total(), self.info.gt_count)):
+            if counted > listed:
+                self.pairing.notes.append(f"the bag's metadata lists {listed} messages on {topic} but it holds "
+                                          f"{counted}; all of them are read")
+        if self.ambiguous_stamps:
+            example = min(self.ambiguous_stamps)
+            self.pairing.notes.append(
+                f"{len(self.ambiguous_stamps)} header stamps carry unequal numbers of images and ground truths "
+                f"(e.g. stamp {example}: {self.census.images[example]} images, {self.census.gts[example]} "
+                f"ground truths); their frames are not evaluated (ambiguous_stamp) rather than paired by guess")
 
     def _messages(self) -> Iterator[tuple[str, Any]]:
         """(topic, decoded message) in log order; read failures become :class:`BagError`."""
@@ -363,29 +426,36 @@ class DriveBag:
                            f"messages: {type(exc).__name__}: {exc}") from exc
 
     def frames(self) -> Iterator[BagFrame]:
-        """Images in recording order, each with the ground truth of the same header stamp."""
-        images: OrderedDict[int, Any] = OrderedDict()
-        gts: dict[int, Any] = {}
+        """Images in recording order, each with the ground truth of the same header stamp (the
+        k-th image of a stamp with the k-th ground truth of that stamp)."""
+        images: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (stamp, k) -> image
+        gts: dict[tuple[int, int], Any] = {}
+        seen: dict[str, Counter] = {self.image_topic: Counter(), self.gt_topic: Counter()}
         index = 0
 
-        def emit(stamp: int, image: Any, gt_msg: Any | None, problem: str = "missing_ground_truth") -> BagFrame:
+        def emit(key: tuple[int, int], image: Any, gt_msg: Any | None,
+                 problem: str = "missing_ground_truth") -> BagFrame:
             nonlocal index
             if gt_msg is None:
                 gt = None
             else:
                 gt, problem = _gt_array(gt_msg, image)
-            frame = BagFrame(index, stamp, image.header.frame_id, image, gt, problem)
+            frame = BagFrame(index, key[0], image.header.frame_id, image, gt, problem)
             index += 1
             return frame
 
         for topic, msg in self._messages():
             stamp = stamp_to_ns(msg.header.stamp)
+            key = (stamp, seen[topic][stamp])
+            seen[topic][stamp] += 1
+            if stamp in self.ambiguous_stamps:
+                if topic == self.image_topic:
+                    yield emit(key, msg, None, "ambiguous_stamp")
+                continue
             if topic == self.image_topic:
-                if stamp in images:  # two images, one stamp: the ground truth would be ambiguous
-                    yield emit(stamp, images.pop(stamp), None, "duplicate_stamp")
-                images[stamp] = msg
+                images[key] = msg
             else:
-                gts[stamp] = msg
+                gts[key] = msg
             # Emit from the front in image order as soon as the oldest image is paired (or waited
             # for long enough), so memory stays bounded whatever the bag's length.
             while images:
@@ -401,8 +471,8 @@ class DriveBag:
                 if not images or oldest < next(iter(images)):
                     gts.pop(oldest)
                     self.pairing.gt_without_image += 1
-        for stamp, image in images.items():
-            yield emit(stamp, image, gts.pop(stamp, None))
+        for key, image in images.items():
+            yield emit(key, image, gts.pop(key, None))
         self.pairing.gt_without_image += len(gts)
         missing = self.info.image_count - index
         if missing > 0:

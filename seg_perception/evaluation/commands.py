@@ -63,7 +63,7 @@ def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
     options = EvalOptions(bag=bag, out=out, mode=args.mode or "live", speed=args.speed, overlays=args.overlays,
                           video=args.video, save_predictions=args.save_predictions, domain_id=args.domain_id,
                           seed=args.seed, threads=args.threads, progress=not args.no_progress,
-                          image_topic=args.image_topic or IMAGE_TOPIC, gt_topic=args.gt_topic)
+                          image_topic=args.image_topic or IMAGE_TOPIC, gt_topic=args.gt_topic, input_qos=args.input_qos)
     try:
         report, paths = evaluate(options, values)
     except RuntimeError as exc:  # DDS discovery or the node failing to start
@@ -191,6 +191,9 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
                    help="image topic of a single-camera bag (default /camera/image_raw, or its /compressed); "
                         "without it every camera /<cam>/image_raw with /<cam>/semantic_gt is found")
     p.add_argument("--gt-topic", default="/camera/semantic_gt")
+    p.add_argument("--input-qos", default="reliable", choices=("reliable", "best_effort"),
+                   help="live: the node's input QoS (reliable measures the node; best_effort a sensor-data "
+                        "camera path, where frames lost in transport are counted)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS domain of a live run (default ROS_DOMAIN_ID)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (untrained runs)")
     p.add_argument("--threads", type=int, default=threads,

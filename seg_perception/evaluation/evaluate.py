@@ -17,7 +17,7 @@ from . import report as R
 from .bag_images import describe_input
 from .bag_io import GT_TOPIC, IMAGE_TOPIC, DriveBag
 from .metrics import summarize
-from .replay import MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
+from .replay import LIVE_INPUT_DEPTH, MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
 
 #: Parameters that describe the label set, not the run; left out of the report's config.
 LABEL_PARAMS = ("class_names", "palette")
@@ -78,6 +78,8 @@ class EvalOptions:
     progress: bool = True
     image_topic: str = IMAGE_TOPIC
     gt_topic: str = GT_TOPIC
+    #: The node's input QoS in a live run: reliable measures the node, not the transport.
+    input_qos: str = "reliable"
 
 
 def _clean_outputs(out: Path) -> None:
@@ -98,8 +100,9 @@ def _frames_section(ledger: Ledger, bag: DriveBag, live: dict[str, Any] | None) 
     if live is not None:  # the node knows why it dropped or rejected; per frame we only see absence
         books = live["node_accounting"]
         groups["dropped"] = Counter(books["dropped"])
-        if live["transport_lost"]:
-            groups["dropped"]["transport_lost"] = live["transport_lost"]
+        for lost in ("transport_lost", "output_lost"):
+            if live[lost]:
+                groups["dropped"][lost] = live[lost]
         groups["rejected"] = Counter(books["rejected"])
     read = len(ledger.records)
     return {
@@ -153,11 +156,23 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
             engine_description = engine.description
             timing = run_offline(bag, engine, ledger, values["max_pixels"], options.progress)
         else:
-            live = run_live(bag, node_overrides(values, bag.info.image_count), ledger, options.speed,
-                            options.domain_id, options.progress)
+            params = {**node_overrides(values, bag.info.image_count), "qos_reliability": options.input_qos}
+            if options.input_qos == "reliable":  # a starved node shows as superseded, not as queue overflow
+                params["qos_depth"] = max(values["qos_depth"], LIVE_INPUT_DEPTH)
+            live = run_live(bag, params, ledger, options.speed, options.domain_id, options.progress,
+                            threads=options.threads, seed=None if values["weights"] else options.seed)
             engine_description = live.pop("engine")
             timing = {k: live.pop(k) for k in ("stages_ms", "node_end_to_end_ms", "frame_latency_ms",
                                                 "frame_latency_kind", "throughput_fps", "input_fps")}
+            if live["node_process"]["exit_code"] != 0:
+                notes.append(f"seg_node exited with code {live['node_process']['exit_code']} "
+                             f"(log: {live['node_process']['log']})")
+            if live["transport_lost"] or live["output_lost"]:
+                notes.append(
+                    f"{live['transport_lost']} frames never reached the node's callback and {live['output_lost']} "
+                    f"labels never came back. Over shared memory with reliable QoS this means the node's input "
+                    f"queue ({live['dds']['node_input_qos']}) overflowed while its executor was starved of CPU "
+                    f"(with best_effort input: DDS loss). Profile: {live['dds']['fastdds_profile']}")
             if not live["reconciliation"]["all_accounted"]:
                 notes.append(f"frame accounting does not reconcile: {live['reconciliation']}")
         video = ledger.close()

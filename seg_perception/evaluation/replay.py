@@ -1,22 +1,35 @@
-"""Replay a drive bag through the segmentation engine (offline) or the node over DDS (live).
+"""Replay a drive bag through the segmentation engine (offline) or ``seg_node`` over DDS (live).
 
 * ``offline`` reads frames and calls the engine directly, one after the other, as fast as it can:
   accuracy and per-stage engine latency without ROS.
-* ``live`` starts :class:`~seg_perception.node.SegmentationNode` (the code ``seg_node`` runs) in
-  this process, publishes the bag's images to it over DDS at the recorded rate times ``speed``,
-  subscribes to its labels and matches them to ground truth by header stamp. Images are published
-  with fresh stamps (now), so "header stamp -> labels received" is the end-to-end latency the car
-  would see; a stamp -> frame map finds the ground truth. Replay and collection use RELIABLE QoS,
-  so a frame that does not come back was dropped by the node (superseded, stale, rejected, ...),
-  or lost in transport when the node subscribes best-effort; the node's own frame accounting is
-  read at the end and every frame of the bag is accounted for.
+* ``live`` measures the node as it runs on a car: ``seg_node`` runs as a process of its own
+  (:mod:`.node_process`, with the run's parameters), and this process publishes the bag's images to
+  it at the recorded rate times ``speed``, subscribes to its labels and matches them to ground
+  truth by header stamp. Images are published with fresh stamps (now), so "header stamp -> labels
+  received" is the end-to-end latency the car would see; a stamp -> frame map finds the ground
+  truth. Before the replay the first frame is sent a few times (warm-up, not counted). The node's
+  frame books and stage timings are read from its ``/diagnostics``, counted from the end of the
+  warm-up, and reconciled with what came back: a frame that does not come back was dropped by the
+  node (``superseded`` when the CPU cannot follow the replay rate, ``stale``, ...), rejected, lost
+  on the way to the node (``transport_lost``: published minus the node's ``received``) or on the
+  way back (``output_lost``). Images travel over Fast DDS shared memory (the package's large-image
+  profile) with RELIABLE QoS from a reliable publisher, so transport loss is not expected; the
+  evaluator asks for a reliable node subscription unless told otherwise (``--input-qos``).
 
-DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (unless set) and a private
-:class:`rclpy.context.Context` on its own domain id shared by the node and the replay node.
+Several cameras (:func:`run_live_cameras`): one node with ``cameras: [...]`` and each camera's
+``<camera>.image_topic`` set to its bag topic; frames of all cameras are published in stamp order
+and each camera is reconciled with its own status on ``/diagnostics``. A compressed bag is
+published as recorded (``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``) to a node
+started with ``image_transport: compressed``.
+
+DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (unless set), on one domain
+id shared by the node process and this one.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import logging
 import math
 import os
@@ -29,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import params as P
 from ..cityscapes import train_ids_to_label_ids
 from ..engine import STAGES, SegmentationEngine
 from ..image_conversion import ImageRejected, check_image, image_msg_to_rgb
@@ -37,15 +51,30 @@ from . import report as R
 from .bag_images import frame_rgb
 from .bag_io import BagFrame, DriveBag
 from .metrics import NUM_CLASSES, ConfusionMatrix
+from .node_process import NodeProcess, NodeStartError, books_delta, parse_diagnostics, use_large_image_transport
 
 LOG = logging.getLogger(__name__)
 
 MODES = ("live", "offline")
-#: Bounded waits of a live run (seconds).
-DISCOVERY_TIMEOUT_S = 15.0
-SETTLE_S = 0.3
-STRAGGLER_TIMEOUT_S = 20.0
-STRAGGLER_IDLE_S = 2.0
+#: Bounded waits of a live run (seconds). Starting the node includes importing torch and building
+#: the model, which takes tens of seconds on a loaded small CPU.
+NODE_START_TIMEOUT_S = 180.0
+WARMUP_TIMEOUT_S = 60.0
+STRAGGLER_TIMEOUT_S = 30.0
+STRAGGLER_IDLE_S = 3.0
+#: Frames sent before the replay so the node has met the bag's frame size.
+WARMUP_FRAMES = 3
+#: The node's diagnostics period during a live run: the books are read from them.
+DIAGNOSTICS_PERIOD_S = 0.25
+#: The node's input history in a reliable live run: when its executor is starved of CPU, frames
+#: wait in the reader queue and reach the latest-frame slot (counted ``superseded``) instead of
+#: being overwritten in a keep-last-5 queue before the node sees them.
+LIVE_INPUT_DEPTH = 20
+#: History of the replay publisher and the labels subscription (frames of slack, about 3 s at 17 Hz).
+REPLAY_QOS_DEPTH = 50
+LABELS_TOPIC = "segmentation/labels"
+#: The name of the node's entry in /diagnostics.
+NODE_STATUS_NAME = "seg_perception: /seg_node"
 
 
 @dataclass
@@ -75,7 +104,8 @@ class Ledger:
         self.overlay_files: list[str] = []
         self.prediction_files: list[str] = []
         count = max(0, min(overlays, total_frames))
-        self._overlay_targets = sorted({int(round(v)) for v in np.linspace(0, total_frames - 1, count)}) if count else []
+        targets = np.linspace(0, total_frames - 1, count) if count else []
+        self._overlay_targets = sorted({int(round(v)) for v in targets})
         self._save_predictions = save_predictions
         self._video_path = out / "overlay.mp4" if video else None
         self._video: Any = None
@@ -96,8 +126,11 @@ class Ledger:
             record.status, record.reason = "not_evaluated", "prediction_size_mismatch"
         else:
             matrix = self.confusion.update_label_ids(labels, frame.gt)
-            record.pixel_accuracy = float(np.trace(matrix) / matrix.sum()) if matrix.sum() else None
-            self._outputs(frame, labels)
+            if matrix.sum():
+                record.pixel_accuracy = float(np.trace(matrix) / matrix.sum())
+                self._outputs(frame, labels)
+            else:  # every pixel is an ignored label: nothing was evaluated on this frame
+                record.status, record.reason = "not_evaluated", "gt_no_valid_pixel"
         self.records.append(record)
         return record
 
@@ -177,7 +210,7 @@ def run_offline(bag: DriveBag, engine: SegmentationEngine, ledger: Ledger, max_p
     processed = len(walls)
     return {
         "stages_ms": {s: percentiles(v) for s, v in stages.items()},
-        "engine_total_ms": percentiles([sum(t) for t in zip(*stages.values())]) if processed else None,
+        "engine_total_ms": percentiles([sum(t) for t in zip(*stages.values(), strict=True)]) if processed else None,
         "frame_latency_ms": percentiles(walls),
         "frame_latency_kind": "wall time of one engine call (offline)",
         "throughput_fps": processed / elapsed if elapsed > 0 else 0.0,
@@ -202,110 +235,285 @@ class _Pending:
 
 
 @dataclass
-class _LiveState:
-    """What the executor threads share with the replay loop."""
+class LiveCamera:
+    """One camera of a live run: the bag it replays and the ledger its frames end in. ``name``
+    None is the node's single-camera mode (``image_topic``, ``segmentation/labels``)."""
 
-    results: queue.Queue = field(default_factory=queue.Queue)
-    publisher_matched: threading.Event = field(default_factory=threading.Event)
-    subscription_matched: threading.Event = field(default_factory=threading.Event)
-    collector_lost: int = 0
+    name: str | None
+    bag: DriveBag
+    ledger: Ledger
+
+    @property
+    def compressed(self) -> bool:
+        return getattr(self.bag.info, "image_transport", "raw") == "compressed"
+
+    def topics(self, params: dict[str, Any]) -> tuple[str, str]:
+        """(image topic to publish on, labels topic to collect from), relative like the node's."""
+        if self.name is None:
+            image, labels = params.get("image_topic", P.defaults()["image_topic"]), LABELS_TOPIC
+        else:
+            image, labels = params[f"{self.name}.image_topic"], f"{self.name}/{LABELS_TOPIC}"
+        return (f"{image}/compressed" if self.compressed else image), labels
+
+    def status_name(self) -> str:
+        return NODE_STATUS_NAME if self.name is None else f"{NODE_STATUS_NAME} camera {self.name}"
 
 
-def run_live(bag: DriveBag, node_overrides: dict[str, Any], ledger: Ledger, speed: float = 1.0,
-             domain_id: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Replay the bag through a :class:`SegmentationNode` over DDS; see the module docstring."""
+class _Probe:
+    """The evaluator's end of DDS: publishes each camera's images, collects its labels and the
+    node's ``/diagnostics``. Its callbacks run on an executor thread of this process; the node runs
+    in its own process, so nothing here competes with the node for a GIL."""
+
+    def __init__(self, context: Any, cameras: list[LiveCamera], params: dict[str, Any]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+        from rclpy.node import Node
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.results: queue.Queue = queue.Queue()  # (camera index, received ns, stamp ns, labels)
+        self.collector_lost = 0
+        self.publishers: list[Any] = []
+        self.image_types: list[type] = []
+        self._matched: list[threading.Event] = []
+        self._diagnostics: tuple[int, dict[str, dict[str, Any]]] = (0, {})
+        self._diagnostics_cond = threading.Condition()
+        self.node = Node("seg_eval_replay", context=context)
+        qos = QoSProfile(depth=REPLAY_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
+                         history=HistoryPolicy.KEEP_LAST)
+        for index, camera in enumerate(cameras):
+            image_topic, labels_topic = camera.topics(params)
+            image_type = CompressedImage if camera.compressed else Image
+            published, collected = threading.Event(), threading.Event()
+            self._matched += [published, collected]
+            self.image_types.append(image_type)
+            self.publishers.append(self.node.create_publisher(
+                image_type, image_topic, qos,
+                event_callbacks=PublisherEventCallbacks(
+                    matched=lambda info, e=published: info.current_count > 0 and e.set())))
+            self.node.create_subscription(
+                Image, labels_topic, functools.partial(self._on_labels, index), qos,
+                event_callbacks=SubscriptionEventCallbacks(
+                    matched=lambda info, e=collected: info.current_count > 0 and e.set(),
+                    message_lost=self._on_lost))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def matched(self) -> bool:
+        return all(e.is_set() for e in self._matched)
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _on_labels(self, camera: int, msg: Any) -> None:
+        received_ns = self.now_ns()
+        labels = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width]
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.results.put((camera, received_ns, stamp_ns, labels))
+
+    def _on_lost(self, info: Any) -> None:
+        self.collector_lost += info.total_count_change
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        statuses = {s.name: parse_diagnostics({kv.key: kv.value for kv in s.values})
+                    for s in msg.status if s.name.startswith(NODE_STATUS_NAME)}
+        if statuses:
+            with self._diagnostics_cond:
+                self._diagnostics = (self._diagnostics[0] + 1, statuses)
+                self._diagnostics_cond.notify_all()
+
+    def diagnostics(self, after: int = 0, timeout: float = 0.0) -> tuple[int, dict[str, dict[str, Any]] | None]:
+        """The node's newest statuses (name -> parsed) later than sequence number ``after``
+        (waiting up to ``timeout``), as (sequence number, statuses); (after, None) when none came."""
+        with self._diagnostics_cond:
+            self._diagnostics_cond.wait_for(lambda: self._diagnostics[0] > after, timeout)
+            if self._diagnostics[0] > after:
+                return self._diagnostics
+            return after, None
+
+
+def _stamp(msg: Any, stamp_ns: int) -> None:
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+
+
+def _settled(books: dict[str, Any], received: int) -> bool:
+    """The node has received ``received`` frames and finished with all of them."""
+    return books["received"] >= received and books["in_flight"] == 0
+
+
+def _camera_books(statuses: dict[str, dict[str, Any]], cameras: list[LiveCamera]) -> list[dict[str, Any]] | None:
+    """Each camera's books from one diagnostics message (None when a camera's status is missing)."""
+    found = [statuses.get(camera.status_name()) for camera in cameras]
+    return None if any(s is None for s in found) else [s["books"] for s in found]
+
+
+def _engine_status(statuses: dict[str, dict[str, Any]] | None, multi: bool) -> dict[str, Any] | None:
+    """The status with the engine's stage timings: the single one, or ``<node> engine``."""
+    return (statuses or {}).get(f"{NODE_STATUS_NAME} engine" if multi else NODE_STATUS_NAME)
+
+
+def _wait_for_node(node: NodeProcess, probe: _Probe, timeout: float) -> float:
+    """Seconds until the node process is up, matched on every topic and publishing diagnostics."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not node.alive():
+            raise NodeStartError(f"seg_node exited with code {node.stop()} before it was ready; its log "
+                                 f"({node.log_path}) ends with:\n{node.log_tail()}")
+        if probe.matched() and probe.diagnostics(timeout=0.2)[1] is not None:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise NodeStartError(
+        f"seg_node did not appear on DDS within {timeout:.0f} s (domain {os.environ.get('ROS_DOMAIN_ID')}, "
+        f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}); its log "
+        f"({node.log_path}) ends with:\n{node.log_tail()}")
+
+
+def _warm_up(firsts: list[BagFrame], cameras: list[LiveCamera], probe: _Probe,
+             count: int) -> tuple[int, list[dict[str, Any]]]:
+    """Send each camera's first frame ``count`` times, one at a time, so the node has met the
+    bag's frame sizes (lazy initialisation, allocator growth) before the measured replay, as it
+    would have on a car after its first second. Returns the diagnostics sequence number and each
+    camera's books after warm-up, which the replay's books are counted from."""
+    seq = 0
+    for sent in range(1, count + 1):
+        for index, first in enumerate(firsts):
+            msg = _image_message(first, probe.image_types[index])
+            stamp = probe.now_ns()
+            _stamp(msg, stamp)
+            probe.publishers[index].publish(msg)
+            deadline = time.monotonic() + WARMUP_TIMEOUT_S
+            while time.monotonic() < deadline:  # its labels, or the node's word that it is done with it
+                try:
+                    if probe.results.get(timeout=0.1)[2] == stamp:
+                        break
+                except queue.Empty:
+                    pass
+                seq, statuses = probe.diagnostics(seq)
+                books = _camera_books(statuses or {}, cameras)
+                if books and _settled(books[index], sent) and books[index]["processed"] < sent:
+                    break
+    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seq, statuses = probe.diagnostics(seq, timeout=1.0)
+        books = _camera_books(statuses or {}, cameras)
+        if books and all(_settled(b, count) for b in books):
+            break
+    else:
+        raise NodeStartError(f"seg_node did not settle its {count} warm-up frames within {WARMUP_TIMEOUT_S:.0f} s")
+    while not probe.results.empty():
+        probe.results.get_nowait()
+    return seq, books
+
+
+def live_node_params(cameras: list[LiveCamera], node_params: dict[str, Any]) -> dict[str, Any]:
+    """The node's parameters for a live run: ``node_params``, the diagnostics period the books
+    are read at, ``cameras`` with each camera's input topic (the bag's, made relative), and
+    ``image_transport: compressed`` for compressed bags."""
+    params = {**node_params, "diagnostics_period": DIAGNOSTICS_PERIOD_S}
+    names = [c.name for c in cameras]
+    if names != [None]:
+        if "cameras" not in P.PARAMS_BY_NAME:
+            raise ValueError("this seg_node serves one camera; evaluate each camera's topics on their own")
+        params["cameras"] = names
+        for camera in cameras:
+            params[f"{camera.name}.image_topic"] = camera.bag.info.image_topic.lstrip("/").removesuffix("/compressed")
+    compressed = {c.compressed for c in cameras}
+    if compressed == {True}:  # published as recorded; the node decodes, as it would on the car
+        if "image_transport" not in P.PARAMS_BY_NAME:
+            raise ValueError(f"{cameras[0].bag.info.image_topic} holds compressed images but this seg_node has "
+                             f"no image_transport parameter; evaluate the bag with --mode offline")
+        params["image_transport"] = "compressed"
+    elif len(compressed) > 1:
+        raise ValueError("the cameras mix raw and compressed images; the node reads all cameras one way")
+    return params
+
+
+def run_live(bag: DriveBag, node_params: dict[str, Any], ledger: Ledger, speed: float = 1.0,
+             domain_id: int | None = None, progress: bool = True, threads: int | None = None,
+             seed: int | None = None, warmup_frames: int = WARMUP_FRAMES,
+             start_timeout: float = NODE_START_TIMEOUT_S) -> dict[str, Any]:
+    """Replay one camera's bag through a ``seg_node`` process; see :func:`run_live_cameras`."""
+    (stats,) = run_live_cameras([LiveCamera(None, bag, ledger)], node_params, speed, domain_id, progress,
+                                threads, seed, warmup_frames, start_timeout)
+    return stats
+
+
+def run_live_cameras(cameras: list[LiveCamera], node_params: dict[str, Any], speed: float = 1.0,
+                     domain_id: int | None = None, progress: bool = True, threads: int | None = None,
+                     seed: int | None = None, warmup_frames: int = WARMUP_FRAMES,
+                     start_timeout: float = NODE_START_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Replay the cameras' bags through one ``seg_node`` process over DDS, all on the recorded
+    schedule (merged by stamp); see the module docstring. Returns each camera's statistics.
+
+    ``node_params`` are the node's parameters (written to ``<first ledger's out>/node_params.yaml``);
+    ``threads`` sets the node's torch threads (``OMP_NUM_THREADS``); ``seed`` seeds torch in the
+    node before it builds its model (for untrained models, so they match an offline run). Several
+    cameras need a node with the ``cameras`` parameter; each camera's ``name`` is its name there.
+    """
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed}")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    profile = use_large_image_transport()  # before this process creates its first participant
     import rclpy
     from rclpy.context import Context
-    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from rclpy.executors import SingleThreadedExecutor
 
-    from ..node import SegmentationNode
-
-    frames = bag.frames()
-    first = next(frames, None)
-    if first is None:
-        raise ValueError(f"bag {bag.path} has no readable frames on {bag.info.image_topic}")
+    streams = [camera.bag.frames() for camera in cameras]
+    firsts = [next(frames, None) for frames in streams]
+    for camera, first in zip(cameras, firsts, strict=True):
+        if first is None:
+            raise ValueError(f"bag {camera.bag.path} has no readable frames on {camera.bag.info.image_topic}")
+    params = live_node_params(cameras, node_params)
     domain = pick_domain_id(domain_id)
+    node = NodeProcess(params, cameras[0].ledger.out, domain, threads, seed)
     context = Context()
     context.init(args=[], domain_id=domain)
-    state = _LiveState()
-    node = replay = executor = spin_thread = None
+    probe = executor = spin_thread = None
     try:
-        node = SegmentationNode(context=context,
-                                parameter_overrides=[Parameter(k, value=v) for k, v in node_overrides.items()])
-        if node.scheduler.engine is None:
-            raise ValueError(f"the node could not load its model: {node.startup_error}")
-        max_pixels = node.values["max_pixels"]
-        try:  # warm the engine at the bag's frame size, as a node would be after its first frames
-            size = image_msg_to_rgb(first.image, max_pixels).shape[:2]
-            node.scheduler.engine.warmup(*size)
-        except ImageRejected:
-            pass
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        replay = Node("seg_eval_replay", context=context)
-        publisher = replay.create_publisher(
-            Image, node.subscription.topic_name, qos,
-            event_callbacks=PublisherEventCallbacks(
-                matched=lambda info: info.current_count > 0 and state.publisher_matched.set()),
-        )
-
-        def collect(msg: Any) -> None:
-            received_ns = replay.get_clock().now().nanoseconds
-            labels = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width]
-            state.results.put((received_ns, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
-                               labels))
-
-        def lost(info: Any) -> None:
-            state.collector_lost += info.total_count_change
-
-        replay.create_subscription(
-            Image, node.labels_pub.topic_name, collect, qos,
-            event_callbacks=SubscriptionEventCallbacks(
-                matched=lambda info: info.current_count > 0 and state.subscription_matched.set(),
-                message_lost=lost),
-        )
-        executor = MultiThreadedExecutor(num_threads=2, context=context)
-        executor.add_node(node)
-        executor.add_node(replay)
+        probe = _Probe(context, cameras, params)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(probe.node)
         spin_thread = threading.Thread(target=executor.spin, name="seg_eval_executor", daemon=True)
         spin_thread.start()
-
-        t_discovery = time.monotonic()
-        if not (state.publisher_matched.wait(DISCOVERY_TIMEOUT_S)
-                and state.subscription_matched.wait(DISCOVERY_TIMEOUT_S)):
-            raise RuntimeError(
-                f"DDS discovery failed within {DISCOVERY_TIMEOUT_S:.0f} s on domain {domain} "
-                f"(ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')})"
-            )
-        time.sleep(SETTLE_S)
-        discovery_s = time.monotonic() - t_discovery
-        stats = _replay(first, frames, bag, node, replay, publisher, state, ledger, speed, max_pixels, progress)
-        stats["engine"] = node.scheduler.engine.description
-        stats["dds"] = {"domain_id": domain, "discovery_s": discovery_s,
-                        "discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"),
-                        "rmw": rclpy.get_rmw_implementation_identifier()}
-        return stats
+        discovery_s = _wait_for_node(node, probe, start_timeout)
+        seq, baselines = _warm_up(firsts, cameras, probe, warmup_frames)
+        window = int(params.get("latency_window", P.defaults()["latency_window"]))
+        replay = _Replay(cameras, probe, params, progress)
+        stats = replay.run(firsts, streams, speed, seq, baselines, window)
+        dds = {"domain_id": domain, "discovery_s": discovery_s,
+               "discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"),
+               "rmw": rclpy.get_rmw_implementation_identifier(), "fastdds_profile": profile,
+               "replay_qos": f"reliable, keep last {REPLAY_QOS_DEPTH}",
+               "node_input_qos": f"{params.get('qos_reliability', 'best_effort')}, keep last "
+                                 f"{params.get('qos_depth', 5)}"}
     finally:
+        exit_code = node.stop()
         if executor is not None:
             executor.shutdown(timeout_sec=2.0)
         if spin_thread is not None:
             spin_thread.join(timeout=2.0)
-        for n in (replay, node):
-            if n is not None:
-                n.destroy_node()
+        if probe is not None:
+            probe.node.destroy_node()
         context.try_shutdown()
+    process = {"command": node.command, "exit_code": exit_code, "stop_s": node.stop_s,
+               "log": str(node.log_path), "params_file": str(node.params_file)}
+    for camera, camera_stats in zip(cameras, stats, strict=True):
+        camera_stats.update(dds=dds, warmup_frames=warmup_frames, node_process=process, camera=camera.name)
+    return stats
+
+
+def _is_compressed(image: Any) -> bool:
+    return hasattr(image, "format") and not hasattr(image, "encoding")
 
 
 def _image_message(frame: BagFrame, image_cls: type) -> Any:
-    """An rclpy Image with the bag message's pixels and fields (stamp set at publish time)."""
+    """An rclpy Image (or CompressedImage) with the bag message's data and fields, as recorded
+    (stamp set at publish time)."""
     src = frame.image
+    if _is_compressed(src):
+        msg = image_cls(format=str(src.format))
+        msg.header.frame_id = frame.frame_id
+        msg.data = np.asarray(src.data, dtype=np.uint8).tobytes()
+        return msg
     msg = image_cls(height=int(src.height), width=int(src.width), encoding=str(src.encoding),
                     is_bigendian=int(src.is_bigendian), step=int(src.step))
     msg.header.frame_id = frame.frame_id
@@ -313,133 +521,200 @@ def _image_message(frame: BagFrame, image_cls: type) -> Any:
     return msg
 
 
-def _replay(first: BagFrame, rest: Any, bag: DriveBag, node: Any, replay: Any, publisher: Any,
-            state: _LiveState, ledger: Ledger, speed: float, max_pixels: int, progress: bool) -> dict[str, Any]:
-    """Publish on the recorded schedule, match outputs as they come, then wait for stragglers."""
-    from sensor_msgs.msg import Image
+@dataclass
+class _CameraRun:
+    """One camera's state during the replay."""
 
-    pending: dict[int, _Pending] = {}  # publish stamp -> frame, in publish order
-    e2e: list[float] = []
-    unexpected = 0
-    published = 0
-    last_stamp = 0
-    bar = _progress(bag.info.image_count, f"eval live x{speed:g}", progress)
-    start = time.monotonic()
-    first_result_s = last_result_s = None
+    camera: LiveCamera
+    pending: dict[int, _Pending] = field(default_factory=dict)  # publish stamp -> frame
+    e2e: list[float] = field(default_factory=list)
+    published: int = 0
+    unexpected: int = 0
+    first_result_s: float | None = None
+    last_result_s: float | None = None
 
-    def drain(timeout: float = 0.0) -> int:
-        nonlocal unexpected, first_result_s, last_result_s
-        handled = 0
+    def returned(self) -> int:
+        counts = self.camera.ledger.counts()
+        return counts["evaluated"] + counts["not_evaluated"]
+
+
+class _Replay:
+    """Publish every camera's frames on the recorded schedule, match outputs as they come, then
+    wait for stragglers and reconcile each camera with its books in the node's diagnostics."""
+
+    def __init__(self, cameras: list[LiveCamera], probe: _Probe, params: dict[str, Any], progress: bool) -> None:
+        self.runs = [_CameraRun(camera) for camera in cameras]
+        self.probe = probe
+        self.max_pixels = int(params.get("max_pixels", P.defaults()["max_pixels"]))
+        self.multi = cameras[0].name is not None
+        self.total = sum(camera.bag.info.image_count for camera in cameras)
+        self.progress = progress
+        self.start = 0.0
+        self.bar: Any = None
+
+    def drain(self, timeout: float = 0.0) -> None:
         while True:
             try:
-                received_ns, stamp_ns, labels = state.results.get(timeout=timeout)
+                index, received_ns, stamp_ns, labels = self.probe.results.get(timeout=timeout)
             except queue.Empty:
-                return handled
+                return
             timeout = 0.0
-            handled += 1
-            entry = pending.pop(stamp_ns, None)
+            run = self.runs[index]
+            entry = run.pending.pop(stamp_ns, None)
             if entry is None:
-                unexpected += 1
+                run.unexpected += 1
                 continue
-            # The node answers in order, so older frames still pending will never come back.
-            for older in [s for s in pending if s < stamp_ns]:
-                _give_up(pending.pop(older))
+            # The node answers a camera's frames in order: older ones still pending never come back.
+            for older in [s for s in run.pending if s < stamp_ns]:
+                self._give_up(run, run.pending.pop(older))
             latency = (received_ns - stamp_ns) / 1e6
-            e2e.append(latency)
-            now_s = time.monotonic() - start
-            first_result_s = now_s if first_result_s is None else first_result_s
-            last_result_s = now_s
-            ledger.result(entry.frame, labels, latency, entry.sent_s)
-            bar.set_postfix(ledger.counts(), refresh=False)
+            run.e2e.append(latency)
+            now_s = time.monotonic() - self.start
+            run.first_result_s = now_s if run.first_result_s is None else run.first_result_s
+            run.last_result_s = now_s
+            run.camera.ledger.result(entry.frame, labels, latency, entry.sent_s)
+            self._postfix()
 
-    def _give_up(entry: _Pending) -> None:
-        try:
-            check_image(entry.frame.image.encoding, entry.frame.image.height, entry.frame.image.width,
-                        entry.frame.image.step, entry.frame.image.data, entry.frame.image.is_bigendian,
-                        max_pixels)
-        except ImageRejected as exc:
-            ledger.missing(entry.frame, "rejected", exc.reason, entry.sent_s)
-        else:
-            ledger.missing(entry.frame, "dropped", None, entry.sent_s)
+    def _postfix(self) -> None:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            for key, n in run.camera.ledger.counts().items():
+                counts[key] = counts.get(key, 0) + n
+        self.bar.set_postfix(counts, refresh=False)
 
-    def frames_iter() -> Any:
-        yield first
-        yield from rest
+    def _give_up(self, run: _CameraRun, entry: _Pending) -> None:
+        image = entry.frame.image
+        if not _is_compressed(image):  # a compressed frame's fate is known only to the node's decoder
+            try:
+                check_image(image.encoding, image.height, image.width, image.step, image.data, image.is_bigendian,
+                            self.max_pixels)
+            except ImageRejected as exc:
+                run.camera.ledger.missing(entry.frame, "rejected", exc.reason, entry.sent_s)
+                return
+        run.camera.ledger.missing(entry.frame, "dropped", None, entry.sent_s)
 
-    for frame in frames_iter():
-        msg = _image_message(frame, Image)
-        due = start + (frame.stamp_ns - first.stamp_ns) / 1e9 / speed
-        while True:  # match outputs while waiting for this frame's time
-            wait = due - time.monotonic()
-            if wait <= 0:
+    def run(self, firsts: list[BagFrame], streams: list[Any], speed: float, seq: int,
+            baselines: list[dict[str, Any]], latency_window: int) -> list[dict[str, Any]]:
+        label = "eval live" + (f" {len(self.runs)} cameras" if self.multi else "")
+        self.bar = _progress(self.total, f"{label} x{speed:g}", self.progress)
+        origin = min(first.stamp_ns for first in firsts)
+
+        def tagged(index: int, first: BagFrame, rest: Any) -> Any:
+            yield first.stamp_ns, index, first
+            for frame in rest:
+                yield frame.stamp_ns, index, frame
+
+        merged = heapq.merge(*(tagged(i, f, s) for i, (f, s) in enumerate(zip(firsts, streams, strict=True))),
+                             key=lambda item: (item[0], item[1]))
+        last_stamp = 0
+        self.start = time.monotonic()
+        for stamp_ns, index, frame in merged:
+            run = self.runs[index]
+            msg = _image_message(frame, self.probe.image_types[index])
+            due = self.start + (stamp_ns - origin) / 1e9 / speed
+            while (wait := due - time.monotonic()) > 0:  # match outputs while waiting for this frame's time
+                self.drain(timeout=min(wait, 0.05))
+            stamp = max(self.probe.now_ns(), last_stamp + 1)  # unique stamps, so matching is unambiguous
+            last_stamp = stamp
+            _stamp(msg, stamp)
+            run.pending[stamp] = _Pending(frame, time.monotonic() - self.start)
+            self.probe.publishers[index].publish(msg)
+            run.published += 1
+            self.bar.update(1)
+            self.drain()
+        replay_s = time.monotonic() - self.start
+        books, final = self._stragglers(seq, baselines)
+        for run in self.runs:
+            self.drain()
+            for stamp in sorted(run.pending):
+                self._give_up(run, run.pending.pop(stamp))
+        self._postfix()
+        self.bar.close()
+        engine_status = _engine_status(final, self.multi)
+        stages = (engine_status or {}).get("stages", {})
+        processed_total = sum(int(b["processed"]) for b in baselines) + sum(b["processed"] for b in books)
+        window = min(latency_window, processed_total)
+        out = []
+        for run, camera_books in zip(self.runs, books, strict=True):
+            status = (final or {}).get(run.camera.status_name()) or {}
+            out.append(self._camera_stats(run, camera_books, replay_s, speed))
+            out[-1].update(
+                stages_ms={s: _node_window(stages.get(s), window) for s in STAGES},
+                node_end_to_end_ms=_node_window(status.get("stages", {}).get("end_to_end"),
+                                                min(latency_window, camera_books["processed"])),
+                engine=report_engine(engine_status))
+        return out
+
+    def _stragglers(self, seq: int, baselines: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+        """Wait until the node's books say it received and settled every frame and we hold all its
+        outputs, or until nothing has moved for a while (frames lost before the node)."""
+        books, final = [books_delta(b, b) for b in baselines], None
+        deadline = time.monotonic() + STRAGGLER_TIMEOUT_S
+        last_progress, last_key = time.monotonic(), None
+        while time.monotonic() < deadline:
+            self.drain(timeout=0.05)
+            seq, statuses = self.probe.diagnostics(seq)
+            current = _camera_books(statuses or {}, [run.camera for run in self.runs])
+            if current is None:
+                continue
+            books = [books_delta(c, b) for c, b in zip(current, baselines, strict=True)]
+            final = statuses
+            pairs = list(zip(books, self.runs, strict=True))
+            settled = all(_settled(b, 0) and run.returned() >= b["processed"] - self.probe.collector_lost
+                          for b, run in pairs)
+            if settled and all(b["received"] >= run.published for b, run in pairs):
                 break
-            drain(timeout=min(wait, 0.05))
-        stamp = replay.get_clock().now().nanoseconds
-        stamp = max(stamp, last_stamp + 1)  # unique stamps, so matching is unambiguous
-        last_stamp = stamp
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-        pending[stamp] = _Pending(frame, time.monotonic() - start)
-        publisher.publish(msg)
-        published += 1
-        bar.update(1)
-        drain()
-    replay_s = time.monotonic() - start
+            key = tuple((b["received"], b["processed"], run.returned()) for b, run in pairs)
+            if key != last_key:
+                last_key, last_progress = key, time.monotonic()
+            elif settled and time.monotonic() - last_progress > STRAGGLER_IDLE_S:
+                break
+        return books, final
 
-    # Stragglers: wait until the node has settled every frame it received and we hold all its
-    # outputs, or until nothing has moved for a while (frames lost before reaching the node).
-    deadline = time.monotonic() + STRAGGLER_TIMEOUT_S
-    last_progress, last_books = time.monotonic(), None
-    books = node.scheduler.accounting.snapshot()
-    while time.monotonic() < deadline:
-        drain(timeout=0.05)
-        books = node.scheduler.accounting.snapshot()
-        results = ledger.counts()["evaluated"] + ledger.counts()["not_evaluated"]
-        settled = books["in_flight"] == 0 and results >= books["processed"]
-        if settled and books["received"] >= published:
-            break
-        if (books["received"], books["processed"], results) != last_books:
-            last_books, last_progress = (books["received"], books["processed"], results), time.monotonic()
-        elif settled and time.monotonic() - last_progress > STRAGGLER_IDLE_S:
-            break
-    drain()
-    for stamp in sorted(pending):
-        _give_up(pending.pop(stamp))
-    bar.set_postfix(ledger.counts(), refresh=False)
-    bar.close()
-    books = node.scheduler.accounting.snapshot()
-    returned = ledger.counts()["evaluated"] + ledger.counts()["not_evaluated"]
-    transport_lost = max(0, published - books["received"])
-    not_returned = published - returned
-    explained = books["dropped_total"] + books["rejected_total"] + transport_lost
-    output_span = (last_result_s - first_result_s) if returned > 1 else 0.0
-    return {
-        "published": published,
-        "results_received": returned,
-        "unexpected_outputs": unexpected,
-        "collector_lost": state.collector_lost,
-        "node_accounting": books,
-        "transport_lost": transport_lost,
-        "reconciliation": {
-            "not_returned": not_returned,
-            "explained_by_node_and_transport": explained,
-            "node_processed_equals_returned": books["processed"] == returned,
-            "all_accounted": not_returned == explained and books["processed"] == returned
-                             and books["in_flight"] == 0,
-        },
-        "stages_ms": {s: _summary(w.summary()) for s, w in list(node.scheduler.stage_latency.items())},
-        "node_end_to_end_ms": _summary(node.scheduler.end_to_end.summary()),
-        "frame_latency_ms": percentiles(e2e),
-        "frame_latency_kind": "end-to-end: header stamp (set at publish) -> labels received",
-        "throughput_fps": (returned - 1) / output_span if output_span > 0 else 0.0,
-        "input_fps": (published - 1) / replay_s if replay_s > 0 and published > 1 else 0.0,
-        "speed": speed,
-        "replay_s": replay_s,
-        "first_result_s": first_result_s,
-    }
+    @staticmethod
+    def _camera_stats(run: _CameraRun, books: dict[str, Any], replay_s: float, speed: float) -> dict[str, Any]:
+        returned, published = run.returned(), run.published
+        transport_lost = max(0, published - books["received"])
+        output_lost = max(0, books["processed"] - returned)
+        not_returned = published - returned
+        explained = books["dropped_total"] + books["rejected_total"] + transport_lost + output_lost
+        output_span = (run.last_result_s - run.first_result_s) if returned > 1 else 0.0
+        return {
+            "published": published,
+            "results_received": returned,
+            "unexpected_outputs": run.unexpected,
+            "node_accounting": books,
+            "transport_lost": transport_lost,
+            "output_lost": output_lost,
+            "reconciliation": {
+                "not_returned": not_returned,
+                "explained_by_node_and_transport": explained,
+                "node_processed_equals_returned": books["processed"] == returned,
+                "all_accounted": not_returned == explained and books["in_flight"] == 0,
+            },
+            "frame_latency_ms": percentiles(run.e2e),
+            "frame_latency_kind": "end-to-end: header stamp (set at publish) -> labels received",
+            "throughput_fps": (returned - 1) / output_span if output_span > 0 else 0.0,
+            "input_fps": (published - 1) / replay_s if replay_s > 0 and published > 1 else 0.0,
+            "speed": speed,
+            "replay_s": replay_s,
+            "first_result_s": run.first_result_s,
+        }
 
 
-def _summary(window: dict[str, float]) -> dict[str, float] | None:
-    return None if not window.get("count") else dict(window)
+def report_engine(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine description the node published, with every field the report prints."""
+    engine = dict((status or {}).get("engine") or {})
+    engine.setdefault("parameters", 0)
+    for key in ("model", "variant", "device", "precision", "weights"):
+        engine.setdefault(key, "?")
+    return engine
+
+
+def _node_window(summary: dict[str, float] | None, count: int) -> dict[str, float] | None:
+    """Percentiles from the node's diagnostics over the ``count`` frames of its latency window
+    (warm-up frames included until the replay's frames push them out)."""
+    return None if not summary or not count else {**summary, "count": count}
 
 
 def check_model_classes(num_classes: int) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..text import bounded_repr
 
 #: Wrapper keys under which training scripts store the model weights, tried in order.
 STATE_DICT_WRAPPERS = ("state_dict", "model_state", "model")
@@ -29,6 +32,27 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The weights file does not exist."""
+
+
+class NotACheckpointFileError(CheckpointError):
+    """The weights path exists but is not a regular file (a directory, a device, a pipe...)."""
+
+
+def weights_path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why an existing ``path`` cannot be a checkpoint file (it is a directory, a device...), or
+    None for a regular file or a path that does not exist (the loader says that). ``os.stat``
+    never opens the path, so a FIFO or a device cannot block or be read here."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{bounded_repr(os.fspath(path), 300)} is {kind}, not a checkpoint file"
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -94,8 +118,11 @@ def _numpy_safe_globals() -> list[Any]:
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Unpickle a torch checkpoint safely (tensors and plain data only), mapped to the CPU."""
     path = os.fspath(path)
+    problem = weights_path_problem(path)
+    if problem:
+        raise NotACheckpointFileError(f"weights path {problem}")
     if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f"weights file {path!r} does not exist")
+        raise CheckpointNotFoundError(f"weights file {bounded_repr(path, 300)} does not exist")
     with open(path, "rb") as f:
         magic = f.read(4)
     # torch.save writes a zip archive; files from torch < 1.6 are a bare pickle (protocol byte).

@@ -8,8 +8,8 @@ unknown name, variant or option fails at configuration time with the valid choic
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -83,6 +83,15 @@ def model_options(name: str, variant: str | None = None) -> tuple[str, ...]:
     entry, chosen = resolve(name, variant)
     params = inspect.signature(entry.builders[chosen]).parameters
     return tuple(p for p in params if p != "num_classes")
+
+
+def model_option_defaults(name: str, variant: str | None = None) -> dict[str, object]:
+    """The keyword options of ``name``/``variant`` with their defaults (None when required), so
+    option values can be type-checked when they are set, not when the model is built."""
+    entry, chosen = resolve(name, variant)
+    params = inspect.signature(entry.builders[chosen]).parameters
+    return {p.name: None if p.default is inspect.Parameter.empty else p.default
+            for p in params.values() if p.name != "num_classes"}
 
 
 def build_model(
