@@ -217,3 +217,23 @@ def test_on_a_cuda_engine_jpegs_of_a_batch_go_to_nvjpeg_in_one_call(monkeypatch:
     assert calls == [["jpeg", "rgb8; jpeg compressed bgr8", "rgb8; jpeg compressed bgr8"]]  # one batch
     assert [type(r).__name__ for r in results] == ["ndarray", "ndarray", "ImageRejected", "ndarray"]
     assert (results[1] == 40).all()  # the PNG went through the CPU
+
+
+def test_image_transport_is_a_per_camera_choice() -> None:
+    context = rclpy.Context()
+    context.init()
+    overrides = [Parameter("cameras", value=["front", "rear"]),
+                 Parameter("front.image_topic", value="/cams/front/image"),
+                 Parameter("front.image_transport", value="compressed"),
+                 Parameter("rear.image_topic", value="/cams/rear/image")]
+    try:
+        node = SegmentationNode(parameter_overrides=overrides, context=context, engine_factory=FakeEngine)
+        topics = {camera: io.subscription.topic_name for camera, io in node.camera_io.items()}
+        types = {camera: io.subscription.msg_type for camera, io in node.camera_io.items()}
+        clocks = set(map(id, node.scheduler.stamp_clocks.values()))
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+    assert topics == {"front": "/cams/front/image/compressed", "rear": "/cams/rear/image"}
+    assert types == {"front": CompressedImage, "rear": Image}
+    assert len(clocks) == 2  # each camera's stamps are judged on their own
