@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, reference
 from torch import nn
 
-from conftest import REPO_ROOT, reference
-from seg_perception.cli import build_parser, main as cli_main
+from seg_perception.cli import build_parser
+from seg_perception.cli import main as cli_main
 from seg_perception.engine import EngineConfig, EngineConfigError, OutputRequest, SegmentationEngine
 from seg_perception.models import build_model, list_models
 
@@ -270,7 +271,7 @@ def test_cuda_graph_frames_in_flight_keep_their_own_results(cuda_regseg: nn.Modu
     frames = gpu_pipeline.make_frames(128, 256, count=4)
     alone = [graph.infer(f).labels for f in frames]
     pending = [graph.submit(f) for f in frames]  # all queued before any is collected
-    for expected, p in zip(alone, pending):
+    for expected, p in zip(alone, pending, strict=True):
         assert np.array_equal(p.result().labels, expected)
 
 
