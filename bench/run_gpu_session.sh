@@ -4,8 +4,9 @@
 # A task gets 15 minutes of device time in all, machine start included, so there is no room for a
 # second full run: the ESSENTIAL part (CUDA tests, RegSeg engine numbers, fp16 agreement, node
 # latency) finishes within ESSENTIAL_BUDGET (default 420 s, ~7 min + start-up), the OPTIONAL part
-# uses what is left of BUDGET (default 540 s). Every step runs under `timeout`, writes its JSON as it
-# goes, and a failing step does not stop the next, so whatever finished comes back.
+# uses what is left of BUDGET (default 480 s: with ~3 min of machine start, ~11 of the 15 minutes).
+# Every step runs under `timeout`, writes its JSON as it goes, and a failing step does not stop the
+# next, so whatever finished comes back.
 #
 #   bash bench/run_gpu_session.sh --prepare   # here, once: ROS wheels into .whl/, weights into .gpu/
 #   run(command="bash bench/run_gpu_session.sh", carry=[".whl", ".gpu"], timeout_s=600)   # device
@@ -63,7 +64,7 @@ if [[ $MODE == dry ]]; then
 else
     OUT=${OUT:-/tmp/gpu_session_out}
     RESULTS=bench/results
-    BUDGET=${BUDGET:-540}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-420}
+    BUDGET=${BUDGET:-480}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-420}
     BIG=1024x2048; SMALL=512x1024
     PIPE_ARGS=(--iterations 100 --throughput-frames 150)
     NODE_ARGS=(--rate 30 --duration 30 --relay-duration 10 --sweep 60 90 --sweep-duration 6
