@@ -53,7 +53,8 @@ if [[ $MODE == dry ]]; then
     # Everything the GPU run does, on the CPU at tiny sizes, so the script cannot rot.
     OUT=${OUT:-$(mktemp -d /tmp/gpu_session_dry.XXXXXX)}
     RESULTS=$OUT/results
-    BUDGET=${BUDGET:-300}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-240}
+    # A loaded 2-core CI machine: same steps, generous limits (each step's limit x LIMIT_SCALE).
+    BUDGET=${BUDGET:-1200}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-900}; LIMIT_SCALE=${LIMIT_SCALE:-4}
     BIG=64x128; SMALL=32x64
     PIPE_ARGS=(--device cpu --iterations 3 --throughput-frames 3 --naive-iterations 2 --warmup 1 --frames 2 --no-probe)
     NODE_ARGS=(--size 48x64 --rate 10 --duration 1.5 --relay-duration 1 --warmup 0.5 --sweep --startup-timeout 120
@@ -64,7 +65,7 @@ if [[ $MODE == dry ]]; then
 else
     OUT=${OUT:-/tmp/gpu_session_out}
     RESULTS=bench/results
-    BUDGET=${BUDGET:-480}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-420}
+    BUDGET=${BUDGET:-480}; ESSENTIAL_BUDGET=${ESSENTIAL_BUDGET:-420}; LIMIT_SCALE=1
     BIG=1024x2048; SMALL=512x1024
     PIPE_ARGS=(--iterations 100 --throughput-frames 150)
     NODE_ARGS=(--rate 30 --duration 30 --relay-duration 10 --sweep 60 90 --sweep-duration 6
@@ -78,7 +79,7 @@ mkdir -p "$OUT" "$RESULTS" /tmp/gpu_logs
 export PYTHONUNBUFFERED=1
 left() { echo $(( $1 - SECONDS )); }
 step() {  # step NAME MAX_SECONDS BUDGET COMMAND...: under the smaller of MAX_SECONDS and what BUDGET leaves
-    local name=$1 max=$2 budget=$3; shift 3
+    local name=$1 max=$(( $2 * LIMIT_SCALE )) budget=$3; shift 3
     local rest; rest=$(left "$budget")
     local limit=$(( rest < max ? rest : max ))
     if (( limit < 15 )); then echo "=== $name: SKIPPED, ${limit}s left"; return; fi

@@ -35,7 +35,7 @@ def test_dry_run_uses_the_parent_venv_recipe_and_writes_results(tmp_path: Path) 
            # node latency and engine preparation have their own end-to-end tests; the essentials here
            "SKIP_STEPS": "node latency|engine prepare|all models|cudnn"}
     run = subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=REPO_ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)
+                         text=True, timeout=1500)
     log = (out / "session.log").read_text()
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"python: {tmp_path / 'venv'}/bin/python (torch + rclpy OK" in log, log[-3000:]
