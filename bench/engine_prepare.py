@@ -87,6 +87,7 @@ def first_frames(model: nn.Module, args: argparse.Namespace, frames: Sequence[np
     report: dict[str, Any] = {}
     for variant in ("inline", "background", "prepared"):
         print(f"  first frames: {variant} ...", flush=True)
+        torch._dynamo.reset()  # each variant starts cold in this process (inductor's disk cache stays)
         background = variant != "inline"
         t0 = time.perf_counter()
         old = make_engine(model, args.device, "torch_compile", background)
@@ -142,6 +143,7 @@ def serving_during_reload(model: nn.Module, args: argparse.Namespace, frames: Se
             engine.close()
             stop.set()
 
+        torch._dynamo.reset()  # the loader compiles from scratch, as for a different model
         loader = threading.Thread(target=load) if variant != "none" else None
         if loader is not None:
             loader.start()

@@ -47,6 +47,16 @@ Modes
     dtype of the logits. Agrees with mode "cpu" on >99.9 % of the labels (bench/crf_compare.py);
     on CUDA, ``index_add_`` accumulates with atomics, so results may differ in the last bits from
     run to run.
+
+Host synchronisation (why ``SegmentationEngine.asynchronous`` is False with a CRF)
+-----------------------------------------------------------------------------------
+Mode "gpu" waits for the device twice per frame, once per lattice: ``torch.unique`` of the lattice
+vertices returns a tensor whose size depends on the data, so the host must wait for it (on CUDA,
+until everything queued before it, the model included, has run). Nothing else in the filter
+reads device values on the host: the lattice's size comes with ``unique``'s result, and the
+overflow check of the lattice codes reads the code ranges only after that wait (a few bytes, no
+further waiting). Mode "cpu" copies the logits to the host, which waits likewise. So with a CRF
+``submit`` returns once the frame's logits exist; frames no longer overlap on the device.
 """
 
 from __future__ import annotations
@@ -235,9 +245,10 @@ class PermutohedralFilter:
             rank[:, None, :d] > d - r[None, :, None]
         )
         codes, self.radix, self.offset = _encode(vertices.reshape(-1, d))
-        table, index = torch.unique(codes, return_inverse=True)
+        table, index = torch.unique(codes, return_inverse=True)  # the one host sync (size is data)
+        _check_span(self.radix)  # after unique: the device is idle, reading the ranges waits for nothing
         self.index = index.reshape(points, d + 1)
-        self.size = len(table)
+        self.size = table.shape[0]
         # Neighbours of every vertex along each lattice direction (missing ones -> a zero row).
         keys = _decode(table, self.radix, self.offset, d)
         self.neighbours = []
@@ -275,16 +286,24 @@ class PermutohedralFilter:
 def _encode(
     keys: torch.Tensor, radix: torch.Tensor | None = None, offset: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed-radix int64 code of integer lattice keys (sorting the codes sorts the keys)."""
+    """Mixed-radix int64 code of integer lattice keys (sorting the codes sorts the keys).
+
+    With new ranges, check them with :func:`_check_span` before trusting the codes (they wrap
+    around when the lattice spans more than 2^62 keys); this function does not read the device.
+    """
     if radix is None or offset is None:
         offset = keys.min(dim=0).values
         radix = keys.max(dim=0).values - offset + 1
-        if float(torch.prod(radix.double())) >= 2.0**62:
-            raise ValueError("crf features span too large a lattice; increase the kernel stds")
     codes = torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
     for k in range(keys.shape[1]):
         codes = codes * radix[k] + (keys[:, k] - offset[k])
     return codes, radix, offset
+
+
+def _check_span(radix: torch.Tensor) -> None:
+    """Refuse a lattice whose mixed-radix codes would overflow int64 (exact, in Python ints)."""
+    if math.prod(int(r) for r in radix.tolist()) >= 2**62:
+        raise ValueError("crf features span too large a lattice; increase the kernel stds")
 
 
 def _decode(codes: torch.Tensor, radix: torch.Tensor, offset: torch.Tensor, d: int) -> torch.Tensor:

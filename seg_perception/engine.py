@@ -573,6 +573,7 @@ class SegmentationEngine:
             yield
             return
         side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))  # buffers made on this thread's stream
         with torch.cuda.stream(side):
             yield
         side.synchronize()
@@ -616,8 +617,9 @@ class SegmentationEngine:
             return self._run_graphs(prepared, frames, requests)
         forward = self._forward if prepared else self.model
         timer = _Timer(cuda=True, spans=_EAGER_SPANS)
+        caller = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._upload_stream):
-            rgbs = self._upload(frames, timer)
+            rgbs = self._upload(frames, timer, caller)
             x = self._preprocess_batch(rgbs)
             timer.mark("preprocess", self._upload_stream)
         self._compute_stream.wait_event(timer.marks["preprocess"])
@@ -642,8 +644,9 @@ class SegmentationEngine:
     ) -> list[PendingResult]:
         """Like the eager path, with the device work replayed from captured CUDA graphs."""
         timer = _Timer(cuda=True, spans=_GRAPH_SPANS)
+        caller = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._upload_stream):
-            rgbs = self._upload(frames, timer)
+            rgbs = self._upload(frames, timer, caller)
         self._compute_stream.wait_event(timer.marks["upload"])
         for rgb in rgbs:
             _keep_for(rgb, self._compute_stream)
@@ -677,16 +680,16 @@ class SegmentationEngine:
             self.device, non_blocking=True
         )
 
-    def _upload(self, frames: Sequence[torch.Tensor], timer: _Timer) -> list[torch.Tensor]:
+    def _upload(self, frames: Sequence[torch.Tensor], timer: _Timer, caller: Any) -> list[torch.Tensor]:
         """Queue each uint8 frame's host -> device copy on the upload stream; frames already on
         the device are used in place (the upload stream first waits for the caller's stream,
-        where their producer, e.g. a GPU JPEG decoder, queued them)."""
+        where their producer, e.g. a GPU JPEG decoder, queued them: ``caller``)."""
         pinned = [None if f.device.type == self.device.type else _pinned_empty(f.shape, torch.uint8) for f in frames]
         for buffer, frame in zip(pinned, frames, strict=True):
             if buffer is not None:
                 buffer.copy_(frame)
         if any(buffer is None for buffer in pinned):
-            self._upload_stream.wait_stream(torch.cuda.current_stream(self.device))
+            self._upload_stream.wait_stream(caller)
         timer.mark("start", self._upload_stream)
         rgbs = []
         for buffer, frame in zip(pinned, frames, strict=True):

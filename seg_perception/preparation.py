@@ -43,6 +43,8 @@ CAPTURE_LOCK = threading.Lock()
 MAX_YIELD_WAIT_S = 0.05
 #: How long preparation then runs before it checks for serving work again.
 PREPARE_SLICE_S = 0.002
+#: A preparation thread with nothing to do for this long exits (a new one starts on demand).
+IDLE_EXIT_S = 10.0
 
 
 class ServingGate:
@@ -229,12 +231,12 @@ class Preparer:
         self._idle = threading.Condition(self._lock)
 
     def schedule(self, job: Callable[[], None]) -> None:
-        with self._lock:
+        with self._lock:  # put under the lock: an idle thread decides to exit under it too
             self._pending += 1
+            self._jobs.put(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
-        self._jobs.put(job)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every scheduled job has finished (benchmarks and tests)."""
@@ -248,14 +250,24 @@ class Preparer:
             self._jobs.put(None)
 
     def _run(self) -> None:
+        """Run jobs; exit when closed or idle for IDLE_EXIT_S, so that an engine replaced by a
+        reload leaves no thread (nor, through a finished job, a reference to itself) behind."""
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
             if job is None:
                 return
             try:
                 with yielding_to_serving():
                     job()
             finally:
+                job = None
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()

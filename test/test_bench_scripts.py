@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, reference
 from torch import nn
 
-from conftest import REPO_ROOT, reference
-from seg_perception.cli import build_parser, main as cli_main
+from seg_perception.cli import build_parser
+from seg_perception.cli import main as cli_main
 from seg_perception.engine import EngineConfig, EngineConfigError, OutputRequest, SegmentationEngine
 from seg_perception.models import build_model, list_models
 
@@ -268,8 +269,29 @@ def test_cuda_graph_frames_in_flight_keep_their_own_results(cuda_regseg: nn.Modu
     frames = gpu_pipeline.make_frames(128, 256, count=4)
     alone = [graph.infer(f).labels for f in frames]
     pending = [graph.submit(f) for f in frames]  # all queued before any is collected
-    for expected, p in zip(alone, pending):
+    for expected, p in zip(alone, pending, strict=True):
         assert np.array_equal(p.result().labels, expected)
+
+
+@needs_cuda
+def test_cuda_batches_equal_single_frames_and_device_frames_skip_the_upload(cuda_regseg: nn.Module) -> None:
+    eager, graph = _engines(cuda_regseg)
+    frames = gpu_pipeline.make_frames(128, 256, count=3) + gpu_pipeline.make_frames(96, 160, count=1)
+    requests = [OutputRequest(), OutputRequest(color=True), OutputRequest(overlay=True, overlay_alpha=0.3),
+                OutputRequest(confidence=True)]
+    for engine in (eager, graph):
+        for _ in range(2):  # the second round replays the graphs captured for the first
+            results = engine.infer_batch(frames, requests)
+        assert [r.batch_size for r in results] == [3, 3, 3, 1]
+        for frame, request, result in zip(frames, requests, results, strict=True):
+            alone = eager.infer(frame, request)
+            assert (result.labels == alone.labels).mean() > 0.999
+            assert (result.color is None) == (alone.color is None)
+            assert result.queue_ms >= 0 and all(v >= 0 for v in result.timings_ms.values())
+    on_device = torch.from_numpy(frames[0]).cuda()
+    result = eager.infer(on_device)
+    assert (result.labels == eager.infer(frames[0]).labels).mean() > 0.999
+    assert result.timings_ms["upload"] < 0.05  # nothing copied
 
 
 @needs_cuda

@@ -249,6 +249,9 @@ def test_the_compute_stream_marks_its_start_after_waiting(fake_cuda: Captures, c
     handoff = "preprocess" if compile_mode == "none" else "upload"
     assert log[0] == ("wait", timer.marks[handoff]) and log[1] == ("record",)  # 'compute' right after the wait
     assert timer.marks["compute"].stream is engine._compute_stream
+    # The frames are on the engine's device (here: CPU tensors on a CPU engine): no upload, but
+    # the upload stream waits for the caller's stream, where their producer queued them.
+    assert ("wait_stream", "current") in engine._upload_stream.log
     done = timer.marks["download"]
     assert done.blocking and all(not e.blocking for n, e in timer.marks.items() if n != "download")
     result = pending.result()

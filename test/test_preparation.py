@@ -87,3 +87,18 @@ def test_preparer_runs_jobs_in_the_background_and_wait_reports_idle() -> None:
     release.set()
     assert preparer.wait(10) and ran == ["test-preparer"]
     preparer.close()
+
+
+def test_an_idle_preparer_thread_exits_and_restarts_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    import seg_perception.preparation as preparation
+
+    monkeypatch.setattr(preparation, "IDLE_EXIT_S", 0.05)
+    preparer = Preparer("test-idle")
+    ran: list[int] = []
+    preparer.schedule(lambda: ran.append(1))
+    first = preparer._thread
+    assert first is not None and preparer.wait(10)
+    first.join(10)
+    assert not first.is_alive() and preparer._thread is None
+    preparer.schedule(lambda: ran.append(2))
+    assert preparer.wait(10) and ran == [1, 2]

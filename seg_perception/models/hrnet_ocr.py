@@ -49,6 +49,13 @@ def _conv1x1_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, 1, bias=False), BNReLU(out_channels)]
 
 
+def _float32_only(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """Autocast off (where it exists), so float32 ops stay float32."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class SpatialGather(nn.Module):
     """Class features: softmax of the coarse logits over all positions, per class, then the
     softmax-weighted sum of the pixel features. Returns ``(N, C, K, 1)``.
@@ -61,11 +68,7 @@ class SpatialGather(nn.Module):
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         n, c = features.shape[:2]
         device = features.device.type
-        with (
-            torch.autocast(device_type=device, enabled=False)
-            if torch.amp.is_autocast_available(device)
-            else contextlib.nullcontext()
-        ):
+        with _float32_only(device):
             probs = torch.softmax(logits.float().flatten(2), dim=2)  # N, K, HW
             pixels = features.float().flatten(2).transpose(1, 2)  # N, HW, C
             objects = torch.bmm(probs, pixels)  # N, K, C
@@ -92,8 +95,14 @@ class ObjectAttentionBlock(nn.Module):
         query = self.f_pixel(pixels).flatten(2).transpose(1, 2)  # N, HW, Ck
         key = self.f_object(objects).flatten(2)  # N, Ck, K
         value = self.f_down(objects).flatten(2).transpose(1, 2)  # N, K, Ck
-        similarity = torch.softmax(torch.bmm(query, key) * self.key_channels**-0.5, dim=-1)
-        context = torch.bmm(similarity, value).transpose(1, 2).reshape(n, self.key_channels, h, w)
+        # Scores in float32, the query scaled BEFORE the product: in fp16 a dot product over
+        # 256 key channels of ReLU features can pass 65,504 (inf, then NaN after the softmax).
+        # Only HW x K scores (K = classes), so float32 costs next to nothing.
+        with _float32_only(pixels.device.type):
+            scores = torch.bmm(query.float() * self.key_channels**-0.5, key.float())
+            similarity = torch.softmax(scores, dim=-1)
+            context = torch.bmm(similarity, value.float()).to(value.dtype)
+        context = context.transpose(1, 2).reshape(n, self.key_channels, h, w)
         return self.f_up(context)
 
 

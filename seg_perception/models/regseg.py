@@ -70,7 +70,15 @@ class SplitDilatedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.split
-        return torch.cat([conv(x[:, i * s:(i + 1) * s]) for i, conv in enumerate(self.convs)], dim=1)
+        # A channel slice of a channels_last (NHWC) tensor is strided; made contiguous in the
+        # input's own layout here, cuDNN gets a dense NHWC input instead of converting it to
+        # NCHW and back for each split (the engine runs channels_last on CUDA).
+        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        return torch.cat(
+            [conv(x[:, i * s:(i + 1) * s].contiguous(memory_format=layout)) for i, conv in enumerate(self.convs)],
+            dim=1,
+        )
 
 
 class Shortcut(nn.Module):
