@@ -299,6 +299,7 @@ class Scheduler:
               on_failed: Callable[[str], None] | None, completion_lock: AbstractContextManager[Any]) -> None:
         try:
             engine: Engine | None = build()
+            self._prepare_like_serving(engine)
             reason = ""
         except Exception as exc:  # noqa: BLE001 - every load failure is reported, none kills us
             engine, reason = None, f"{type(exc).__name__}: {exc}"
@@ -310,12 +311,27 @@ class Scheduler:
                 self.loading = None
                 if self._stop.is_set():
                     return
-                self._engine = engine  # the swap: the worker picks it up with its next batch
+                retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
                 self.startup_error = self.reload_error = None
+            close = getattr(retired, "close", None)
+            if close is not None:
+                close()  # its background preparation thread; batches in flight still complete
             self.failures.success()
             if on_loaded is not None:
                 on_loaded()
         self.log(logging.INFO, f"now serving {label}: {engine.description}")
+
+    def _prepare_like_serving(self, engine: Engine | None) -> None:
+        """Have a freshly built engine compile/capture the batch shapes the serving engine has
+        seen recently, in the loader thread, so the swap does not make the next frames pay for it.
+        Engines without this optional API (fakes, older engines) are swapped in as they are."""
+        serving = self._engine
+        recent = getattr(serving, "recent_batches", None)
+        prepare = getattr(engine, "prepare", None)
+        if recent is None or prepare is None:
+            return
+        for sizes, outputs in recent():
+            prepare(sizes, outputs)
 
     def _load_failed(self, label: str, reason: str, on_failed: Callable[[str], None] | None) -> None:
         self.reload_error = bounded(f"{label}: {reason}")
@@ -506,7 +522,8 @@ class Scheduler:
         self.failures.success()
         stats = self.camera_stats[frame.camera]
         stats.output_rate.tick()
-        for stage, ms in (("decode", decode_ms), *result.timings_ms.items()):
+        queue_ms = getattr(result, "queue_ms", 0.0)
+        for stage, ms in (("decode", decode_ms), ("queue", queue_ms), *result.timings_ms.items()):
             window = self.stage_latency.get(stage)
             if window is None:
                 window = self.stage_latency.setdefault(stage, LatencyWindow(self._window))

@@ -210,8 +210,12 @@ class NodeHarness:
     def wait_level(self, level: int, timeout: float = 10.0) -> Diagnostic:
         """Wait until a diagnostic at ``level`` arrives (after now) and return it."""
         deadline = time.monotonic() + timeout
+        diagnostic = None
         while True:
-            diagnostic = self.next_diagnostic(max(0.1, deadline - time.monotonic()))
+            try:
+                diagnostic = self.next_diagnostic(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"no level {level} diagnostic; last: {diagnostic}") from None
             if diagnostic.level == level:
                 return diagnostic
             if time.monotonic() > deadline:

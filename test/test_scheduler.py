@@ -178,7 +178,9 @@ def test_stage_windows_follow_the_keys_the_engine_reports(rigs) -> None:
     assert rig.scheduler.stage_latency == {}
     rig.put("left", _rgb(3))
     rig.settle(1)
-    assert set(rig.scheduler.stage_latency) == {"decode", "inference"}
+    # "inference" is the fake engine's only stage; "decode" is the scheduler's own and "queue" is
+    # the result's queue_ms (time waiting for the previous batch), kept apart from the stages.
+    assert set(rig.scheduler.stage_latency) == {"decode", "queue", "inference"}
     assert rig.scheduler.stage_latency["inference"].summary()["count"] == 1
     assert rig.scheduler.camera_stats["left"].end_to_end.summary()["count"] == 1
     assert rig.scheduler.camera_stats["front"].end_to_end.summary()["count"] == 0
@@ -308,6 +310,52 @@ def test_reload_during_traffic_swaps_between_batches_and_loses_nothing(rigs) -> 
     assert offsets == sorted(offsets)  # the swap happened once, between frames
     assert books["processed"] + books["dropped"].get("superseded", 0) == sent
     _assert_books_add_up(rig.scheduler)
+
+
+class PreparingEngine(BatchEngine):
+    """A BatchEngine with the real engine's optional reload API: it remembers the batch shapes it
+    served, prepares shapes it is given, and records being closed."""
+
+    def __init__(self, offset: int = 0) -> None:
+        super().__init__(offset)
+        self.prepared: list[tuple[tuple[int, int], ...]] = []
+        self.closed = False
+
+    def recent_batches(self) -> list[tuple[tuple[tuple[int, int], ...], tuple[OutputRequest, ...]]]:
+        return [(((4, 6),) * len(reds), (OutputRequest(),) * len(reds)) for reds in self.batches[-1:]]
+
+    def prepare(self, sizes: Sequence[tuple[int, int]], outputs: Sequence[OutputRequest]) -> None:
+        assert len(sizes) == len(outputs)
+        self.prepared.append(tuple(sizes))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_reload_prepares_the_served_batch_shapes_before_the_swap_and_closes_the_old_engine(rigs) -> None:
+    old = PreparingEngine()
+    rig = rigs(old)
+    rig.put("front", _rgb(1))
+    rig.settle(1)
+    new = PreparingEngine(offset=100)
+    swapped = threading.Event()
+
+    def build() -> PreparingEngine:
+        return new
+
+    def on_loaded() -> None:
+        assert new.prepared == [((4, 6),)]  # prepared in the loader thread, before serving
+        swapped.set()
+
+    assert rig.scheduler.load("v2", build, on_loaded=on_loaded)
+    assert swapped.wait(10.0)
+    deadline = time.monotonic() + 5.0
+    while not old.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert old.closed and not new.closed
+    rig.put("left", _rgb(2))
+    rig.settle(2)
+    assert rig.published[-1] == ("left", 2, 102)
 
 
 def test_a_failed_load_keeps_the_engine_and_reports_why(rigs) -> None:
