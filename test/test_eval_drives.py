@@ -203,6 +203,8 @@ def test_cli_refuses_live_many_drives_and_says_what_to_install_for_workers(root:
     assert main(["eval", "--bag", str(root / "raw" / "bag"), "--bag", str(root / "multi" / "bag"), "--mode", "live",
                  "--out", out]) == 2
     assert "--mode offline" in capsys.readouterr().err
+    assert main(["eval", "--bag", str(root / "multi" / "bag"), "--video", "--out", out]) == 2  # before any node starts
+    assert "single-camera bags" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["eval", "--bag", str(root / "raw" / "bag"), "--workers", "2", "--out", out]) == 2
     assert "pip install 'seg_perception[cluster]'" in capsys.readouterr().err

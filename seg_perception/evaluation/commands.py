@@ -138,6 +138,9 @@ def _print_cameras_report(report: dict, paths: dict, title: str) -> None:
 def _run_cameras_live(args: argparse.Namespace, bag: Path) -> int:
     from .live_cameras import LiveCamerasOptions, evaluate_cameras_live
 
+    if args.video or args.save_predictions:
+        raise ValueError("--video and --save-predictions are written for single-camera bags; pick one camera "
+                         "with --image-topic /<cam>/image_raw --gt-topic /<cam>/semantic_gt")
     values = _values(args)
     if not values["weights"]:
         _print_untrained_banner()
