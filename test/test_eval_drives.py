@@ -72,15 +72,12 @@ def test_compressed_images_decode_and_report_quality(root: Path, tmp_path: Path)
     assert png[0].image.format == "rgb8; png compressed bgr8"
     np.testing.assert_array_equal(frame_rgb(png[1].image), list(render_drive(2, *SIZE))[1][0])
     np.testing.assert_array_equal(png[1].gt, list(render_drive(2, *SIZE))[1][1])  # ground truth stays mono8
-    # The single-bag report says how the images were stored; the live replay refuses them clearly.
+    # The single-bag report says how the images were stored.
     report, paths = evaluate(EvalOptions(bag=tmp_path / "png" / "bag", out=tmp_path / "rep", mode="offline",
                                          overlays=1, threads=1, progress=False), resolve_params(device="cpu"))
     assert report["bag"]["input"]["transport"] == "compressed" and report["bag"]["input"]["codec"] == "png"
     assert report["frames"]["evaluated"] == 2 and len(report["files"]["overlays"]) == 1
     assert "- images: compressed png (format 'rgb8; png compressed bgr8')" in paths["markdown"].read_text()
-    with pytest.raises(ValueError, match="--mode offline"):
-        evaluate(EvalOptions(bag=tmp_path / "png" / "bag", out=tmp_path / "live", mode="live"),
-                 resolve_params(device="cpu"))
 
 
 def test_cityscapes_to_bag_writes_compressed_images(root: Path, tmp_path: Path) -> None:
@@ -203,8 +200,11 @@ def test_drive_lists_and_tags_are_checked(root: Path, tmp_path: Path) -> None:
 def test_cli_refuses_live_many_drives_and_says_what_to_install_for_workers(root: Path, tmp_path: Path,
                                                                            monkeypatch, capsys) -> None:
     out = str(tmp_path / "rep")
-    assert main(["eval", "--bag", str(root / "multi" / "bag"), "--mode", "live", "--out", out]) == 2
+    assert main(["eval", "--bag", str(root / "raw" / "bag"), "--bag", str(root / "multi" / "bag"), "--mode", "live",
+                 "--out", out]) == 2
     assert "--mode offline" in capsys.readouterr().err
+    assert main(["eval", "--bag", str(root / "multi" / "bag"), "--video", "--out", out]) == 2  # before any node starts
+    assert "single-camera bags" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["eval", "--bag", str(root / "raw" / "bag"), "--workers", "2", "--out", out]) == 2
     assert "pip install 'seg_perception[cluster]'" in capsys.readouterr().err

@@ -226,3 +226,63 @@ def test_live_node_params_for_several_cameras_and_compressed_bags() -> None:
              LiveCamera("left", bag("/left/image_raw/compressed", "compressed"), None)]
     with pytest.raises(ValueError, match="mix raw and compressed"):
         live_node_params(mixed, {})
+
+
+def _csv_accuracy(path: Path) -> dict[tuple[str, int], float]:
+    import csv
+
+    with path.open() as handle:
+        return {(row["camera"], int(row["index"])): float(row["pixel_accuracy"])
+                for row in csv.DictReader(handle) if row["status"] == "evaluated"}
+
+
+def test_multi_camera_bag_evaluated_live_through_one_node_matches_offline(tmp_path: Path) -> None:
+    from seg_perception.evaluation.sample_drive import parse_cameras
+
+    frames = 4
+    drive = make_sample_drive(tmp_path / "multi", frames=frames, size=(64, 128), cameras=parse_cameras("front,left"),
+                              progress=False)
+    common = ["--bag", str(drive.bag), "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(["eval", *common, "--out", str(tmp_path / "live"), "--speed", "0.5"]) == 0  # live: the default
+    assert main(["eval", *common, "--out", str(tmp_path / "offline"), "--mode", "offline"]) == 0
+    live = json.loads((tmp_path / "live" / "report.json").read_text())
+    offline = json.loads((tmp_path / "offline" / "report.json").read_text())
+    assert live["mode"] == "live" and sorted(live["cameras"]) == ["front", "left"]
+    assert live["live"]["node_process"]["exit_code"] == 0
+    assert "cameras:" in (tmp_path / "live" / "node_params.yaml").read_text()  # ONE multi-camera node
+    cams = live["drives"][0]["cameras"]
+    for name, cam in cams.items():
+        f, books = cam["frames"], cam["live"]["node_accounting"]
+        assert f["read"] == f["in_bag"] == frames and f["all_accounted"]
+        assert f["evaluated"] + f["not_evaluated"]["total"] + f["dropped"]["total"] + f["rejected"]["total"] == frames
+        assert cam["live"]["published"] == frames and books["received"] == frames  # this camera's own books
+        assert books["processed"] == cam["live"]["results_received"] == f["evaluated"] + f["not_evaluated"]["total"]
+        assert f["dropped"]["total"] == books["dropped_total"] + cam["live"]["transport_lost"]
+        assert live["cameras"][name]["latency_ms"]["count"] == f["evaluated"] >= 1  # end-to-end, per camera
+        if f["evaluated"] == frames:  # the node's labels are the engine's: the same mIoU as offline
+            assert cam["confusion_matrix"] == offline["drives"][0]["cameras"][name]["confusion_matrix"]
+            assert live["cameras"][name]["metrics"]["miou"] == offline["cameras"][name]["metrics"]["miou"]
+    pooled = live["pooled"]
+    assert pooled["frames"]["read"] == 2 * frames and pooled["frames"]["all_accounted"]
+    total = np.sum([c["confusion_matrix"] for c in cams.values()], axis=0)
+    assert pooled["metrics"]["confusion_matrix"] == total.tolist()  # pooled from the SUM of the cameras
+    # every frame evaluated live has the pixel accuracy the offline run measured on it
+    offline_acc = _csv_accuracy(tmp_path / "offline" / "frames.csv")
+    live_acc = _csv_accuracy(tmp_path / "live" / "frames.csv")
+    assert live_acc and all(acc == offline_acc[key] for key, acc in live_acc.items())
+    text = (tmp_path / "live" / "report.md").read_text()
+    assert "one multi-camera seg_node" in text and "## Live run" in text and "| front |" in text
+
+
+def test_compressed_bag_evaluated_live_through_the_node(tmp_path: Path) -> None:
+    frames = 4
+    drive = make_sample_drive(tmp_path / "jpeg", frames=frames, size=(64, 128), compressed="jpeg", jpeg_quality=80,
+                              progress=False)
+    report = run(drive.bag, tmp_path / "live", "live", speed=0.5)
+    assert_every_frame_accounted(report, frames)
+    assert report["frames"]["evaluated"] >= 1  # labels came back for JPEG frames the node decoded
+    assert "image_transport: compressed" in (tmp_path / "live" / "node_params.yaml").read_text()
+    info = report["bag"]["input"]
+    assert info["transport"] == "compressed" and info["codec"] == "jpeg" and info["jpeg_quality"] == 80
+    assert "- images: compressed jpeg (format 'rgb8; jpeg compressed bgr8', JPEG quality 80)" in \
+        (tmp_path / "live" / "report.md").read_text()

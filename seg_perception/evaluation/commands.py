@@ -108,15 +108,61 @@ def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
     return 0.0
 
 
-def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int:
+def _one_bag(args: argparse.Namespace, drives: list) -> bool:
+    """Whether this is one bag with no many-drive option (tags, workers, chunks, a list of bags)."""
+    return len(drives) == 1 and not (args.workers or args.tags or args.chunk_frames or args.bags_from)
+
+
+def _cameras(args: argparse.Namespace) -> list[str] | None:
+    return [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+
+
+def _print_cameras_report(report: dict, paths: dict, title: str) -> None:
     from .fleet_report import frames_text
+    from .report import ms, pct
+
+    pooled = report["pooled"]
+    print(f"\n{title}: pooled mIoU {pct(pooled['metrics']['miou'])} %, {pooled['drives_ok']} ok, "
+          f"{pooled['drives_failed']} failed; frames: {frames_text(pooled['frames'])}")
+    for name, cam in report["cameras"].items():
+        latency = cam["latency_ms"] or {}
+        print(f"  camera {name}: mIoU {pct(cam['metrics']['miou'])} %, {cam['frames']['evaluated']} frames evaluated"
+              f", latency p50 {ms(latency.get('p50'))} ms")
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if report["untrained"]:
+        _print_untrained_banner()
+    print(f"\nreport: {paths['markdown']} (numbers in {paths['json']}, per frame in {paths['frames_csv']})")
+
+
+def _run_cameras_live(args: argparse.Namespace, bag: Path) -> int:
+    from .live_cameras import LiveCamerasOptions, evaluate_cameras_live
+
+    if args.video or args.save_predictions:
+        raise ValueError("--video and --save-predictions are written for single-camera bags; pick one camera "
+                         "with --image-topic /<cam>/image_raw --gt-topic /<cam>/semantic_gt")
+    values = _values(args)
+    if not values["weights"]:
+        _print_untrained_banner()
+    options = LiveCamerasOptions(bag=bag, out=Path(args.out), cameras=_cameras(args), speed=args.speed,
+                                 domain_id=args.domain_id, seed=args.seed, threads=args.threads,
+                                 progress=not args.no_progress, input_qos=args.input_qos)
+    try:
+        report, paths = evaluate_cameras_live(options, values)
+    except RuntimeError as exc:  # DDS discovery or the node failing to start
+        print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    _print_cameras_report(report, paths, f"live evaluation of {len(report['cameras'])} cameras of {bag}")
+    return 0 if report["pooled"]["frames"]["all_accounted"] else 1
+
+
+def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int:
     from .many_drives import DrivesOptions, evaluate_drives
     from .ray_runner import RayOptions, import_ray
-    from .report import pct
 
     if args.mode == "live":
-        raise ValueError("live mode evaluates one single-camera bag through the node; several drives or "
-                         "cameras are evaluated with --mode offline")
+        raise ValueError("live mode evaluates one bag (all its cameras) through the node; several drives, "
+                         "tags, workers or chunks are evaluated with --mode offline")
     if args.workers is not None:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -129,22 +175,12 @@ def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int
         ray_options = RayOptions(workers=args.workers, address=args.ray_address,
                                  gpus_per_worker=_gpus_per_worker(args, values), threads=args.threads or 1,
                                  max_retries=args.max_retries, seed=args.seed)
-    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
-    options = DrivesOptions(drives=drives, out=Path(args.out), cameras=cameras, chunk_frames=args.chunk_frames,
+    options = DrivesOptions(drives=drives, out=Path(args.out), cameras=_cameras(args), chunk_frames=args.chunk_frames,
                             ray=ray_options, seed=args.seed, threads=None if args.workers else args.threads,
                             progress=not args.no_progress, notes=notes)
     report, paths = evaluate_drives(options, values)
-    pooled = report["pooled"]
-    print(f"\noffline evaluation of {len(drives)} drives: pooled mIoU {pct(pooled['metrics']['miou'])} %, "
-          f"{pooled['drives_ok']} ok, {pooled['drives_failed']} failed; frames: {frames_text(pooled['frames'])}")
-    for name, cam in report["cameras"].items():
-        print(f"  camera {name}: mIoU {pct(cam['metrics']['miou'])} %, {cam['frames']['evaluated']} frames evaluated")
-    for note in report["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    if report["untrained"]:
-        _print_untrained_banner()
-    print(f"\nreport: {paths['markdown']} (numbers in {paths['json']}, per frame in {paths['frames_csv']})")
-    return 1 if pooled["drives_failed"] else 0
+    _print_cameras_report(report, paths, f"offline evaluation of {len(drives)} drives")
+    return 1 if report["pooled"]["drives_failed"] else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -153,6 +189,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     drives = collect_drives(args.bag or [], args.bags_from)
     if not _many(args, drives):
         return _run_eval(args, Path(drives[0].path), Path(args.out))
+    if args.mode != "offline" and _one_bag(args, drives):  # one bag, several cameras: one multi-camera node
+        return _run_cameras_live(args, Path(drives[0].path))
     notes: list[str] = []
     if args.tags:
         drives, notes = load_tags(args.tags, drives)
@@ -174,7 +212,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
     p.add_argument("--mode", default=None, choices=("live", "offline"),
                    help="live: through seg_node over DDS at the recorded rate; offline: engine directly "
-                        "(default: live for one single-camera bag, offline for several drives or cameras)")
+                        "(default: live for one bag, all its cameras through one node; offline for several "
+                        "drives, tags, workers or chunks)")
     p.add_argument("--config", default=None, help="seg_node parameters YAML (e.g. config/seg.yaml)")
     p.add_argument("--model", default=None)
     p.add_argument("--variant", default=None)
@@ -213,7 +252,7 @@ def _add_compression_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_drives_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("many drives (offline)")
+    g = p.add_argument_group("several cameras and many drives (several drives: offline)")
     g.add_argument("--bags-from", default=None, help="text file with one bag path per line (# comments)")
     g.add_argument("--tags", default=None, help="YAML: bag -> {key: value} (e.g. city, weather) for per-tag mIoU")
     g.add_argument("--cameras", default=None, help="comma-separated camera names (default: every camera found)")

@@ -104,6 +104,9 @@ def _frames_section(ledger: Ledger, bag: DriveBag, live: dict[str, Any] | None) 
             if live[lost]:
                 groups["dropped"][lost] = live[lost]
         groups["rejected"] = Counter(books["rejected"])
+        # The node's totals: it may reject a frame the evaluator could not judge (a compressed
+        # frame that does not decode), which the ledger holds as absent (dropped).
+        totals.update({k: sum(groups[k].values()) for k in ("dropped", "rejected")})
     read = len(ledger.records)
     return {
         "in_bag": bag.info.image_count,
@@ -144,9 +147,6 @@ def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, A
         torch.set_num_threads(options.threads)
     notes: list[str] = []
     with DriveBag(options.bag, options.image_topic, options.gt_topic) as bag:
-        if options.mode == "live" and bag.info.image_transport == "compressed":
-            raise ValueError(f"{bag.info.image_topic} holds compressed images; the live replay publishes raw "
-                             f"images: evaluate this bag with --mode offline")
         rate = (bag.info.image_count - 1) / bag.info.duration_s if bag.info.duration_s > 0 else 17.0
         ledger = Ledger(out, bag.info.image_count, options.overlays, options.save_predictions,
                         options.video, rate)

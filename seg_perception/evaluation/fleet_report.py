@@ -46,9 +46,17 @@ def frames_text(frames: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     pooled, execution, engine = report["pooled"], report["execution"], report["engine"] or {}
     metrics, latency = pooled["metrics"], pooled["latency_ms"] or {}
-    out = [f"# Segmentation evaluation of {len(report['drives'])} drives", ""]
-    out += [f"- mode: offline, frames through the engine directly ({execution['runner']} runner, "
-            f"{execution['workers']} worker(s))",
+    live = report["mode"] == "live"
+    if live:
+        title = f"# Segmentation evaluation of `{report['drives'][0]['name']}`, {len(report['cameras'])} cameras"
+        how = (f"live: every camera replayed through one multi-camera seg_node over DDS at "
+               f"{execution['speed']:g}x the recorded rate")
+    else:
+        title = f"# Segmentation evaluation of {len(report['drives'])} drives"
+        how = (f"offline, frames through the engine directly ({execution['runner']} runner, "
+               f"{execution['workers']} worker(s))")
+    out = [title, ""]
+    out += [f"- mode: {how}",
             f"- model: {engine.get('model')} {engine.get('variant')}, weights: {engine.get('weights')}",
             f"- device: {engine.get('device')}, precision {engine.get('precision')}",
             f"- images: {', '.join(report['inputs']['transports'])}",
@@ -64,10 +72,12 @@ def markdown(report: dict[str, Any]) -> str:
         ("drives evaluated / failed", f"{pooled['drives_ok']} / {pooled['drives_failed']}"),
         ("frames", frames_text(pooled["frames"])),
         ("all frames accounted for", "yes" if pooled["frames"]["all_accounted"] else "NO"),
-        ("engine call p50 / p99 ms", f"{R.ms(latency.get('p50'))} / {R.ms(latency.get('p99'))}"),
-        ("throughput FPS (all workers)", f"{execution['throughput_fps']:.2f}"),
+        (("end-to-end" if live else "engine call") + " p50 / p99 ms",
+         f"{R.ms(latency.get('p50'))} / {R.ms(latency.get('p99'))}"),
+        ("throughput FPS (all " + ("cameras)" if live else "workers)"), f"{execution['throughput_fps']:.2f}"),
     ]
-    out += ["## Summary", "", "Pooled numbers come from the SUM of the per-drive confusion matrices.", "",
+    out += ["## Summary", "", f"Pooled numbers come from the SUM of the per-{'camera' if live else 'drive'} "
+            "confusion matrices.", "",
             R.markdown_table(("metric", "value"), rows, "ll"), ""]
     cam_rows = [[name, c["drives"], R.pct(c["metrics"]["miou"]), R.pct(c["metrics"]["pixel_accuracy"]),
                  c["frames"]["read"], c["frames"]["evaluated"],
@@ -106,6 +116,39 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [[name, R.pct(metrics["class_iou"][name])] for name in CLASS_NAMES] + [["**mean**", R.pct(metrics["miou"])]]
     out += ["## Pooled per-class IoU", "", f"![per-class IoU]({PLOTS['class_iou']})", "",
             R.markdown_table(("class", "IoU %"), rows), "", f"![confusion matrix]({PLOTS['confusion_matrix']})", ""]
+    out += _live_section(report) if live else _execution_section(report)
+    config_rows = [[k, f"`{v}`"] for k, v in report["config"].items()]
+    out += ["## Configuration", "", R.markdown_table(("parameter", "value"), config_rows, "ll"), ""]
+    out += ["## Versions", "", R.markdown_table(("package", "version"),
+                                                [[k, v or "-"] for k, v in report["versions"].items()], "ll"), ""]
+    return "\n".join(out)
+
+
+def _live_section(report: dict[str, Any]) -> list[str]:
+    """Per camera: what was published, what the node did with it (its own books) and what came back."""
+    live = report["live"]
+    rows = []
+    for name, c in report["cameras"].items():
+        cam, books = c["live"], c["live"]["node_accounting"]
+        rows.append([name, cam["published"], books["received"], books["processed"], books["dropped_total"],
+                     books["rejected_total"], cam["transport_lost"], cam["results_received"],
+                     R.ms((cam["node_end_to_end_ms"] or {}).get("p50")), f"{cam['throughput_fps']:.2f}",
+                     "yes" if cam["reconciliation"]["all_accounted"] else "**NO**"])
+    stages = [[stage, R.ms((s or {}).get("p50")), R.ms((s or {}).get("p99"))] for stage, s in live["stages_ms"].items()]
+    process = live["node_process"]
+    return ["## Live run", "",
+            f"One seg_node process (`{' '.join(process['command'])}`, exit code {process['exit_code']}, log "
+            f"`{process['log']}`); DDS domain {live['dds']['domain_id']}, replay {live['dds']['replay_qos']}, node "
+            f"input {live['dds']['node_input_qos']}; {live['warmup_frames']} warm-up frames per camera, not counted.",
+            "", R.markdown_table(("camera", "published", "node received", "processed", "dropped", "rejected",
+                                  "transport lost", "labels back", "node e2e p50 ms", "FPS out", "accounted"), rows),
+            "", "Shared engine stages (ms, the node's diagnostics):", "",
+            R.markdown_table(("stage", "p50", "p99"), stages), ""]
+
+
+def _execution_section(report: dict[str, Any]) -> list[str]:
+    execution = report["execution"]
+    out: list[str] = []
     rows = [[w["worker"], w["node"], w["pid"], w["tasks"], w["frames"], f"{w['busy_s']:.1f}", f"{w['fps']:.2f}",
              "yes" if w.get("alive", True) else "died"] for w in execution["per_worker"]]
     out += ["## Execution", "", f"Runner {execution['runner']}"
@@ -114,11 +157,7 @@ def markdown(report: dict[str, Any]) -> str:
             + f"; {execution['elapsed_s']:.1f} s wall.", "",
             R.markdown_table(("worker", "node", "pid", "tasks", "frames", "busy s", "FPS", "alive"), rows), "",
             f"Per-frame records: [{FRAMES_CSV}]({FRAMES_CSV}).", ""]
-    config_rows = [[k, f"`{v}`"] for k, v in report["config"].items()]
-    out += ["## Configuration", "", R.markdown_table(("parameter", "value"), config_rows, "ll"), ""]
-    out += ["## Versions", "", R.markdown_table(("package", "version"),
-                                                [[k, v or "-"] for k, v in report["versions"].items()], "ll"), ""]
-    return "\n".join(out)
+    return out
 
 
 def _bars(path: Path, labels: list[str], values: list[float | None], title: str, untrained: bool,

@@ -45,7 +45,7 @@ import numpy as np
 from .. import params as P
 from ..cityscapes import train_ids_to_label_ids
 from ..engine import STAGES, SegmentationEngine
-from ..image_conversion import ImageRejected, check_image, image_msg_to_rgb
+from ..image_conversion import ImageRejected, check_image
 from ..stats import percentiles
 from . import report as R
 from .bag_images import frame_rgb
@@ -417,13 +417,15 @@ def live_node_params(cameras: list[LiveCamera], node_params: dict[str, Any]) -> 
         for camera in cameras:
             params[f"{camera.name}.image_topic"] = camera.bag.info.image_topic.lstrip("/").removesuffix("/compressed")
     compressed = {c.compressed for c in cameras}
+    if len(compressed) > 1:
+        raise ValueError("the cameras mix raw and compressed images; the node reads all cameras one way")
     if compressed == {True}:  # published as recorded; the node decodes, as it would on the car
         if "image_transport" not in P.PARAMS_BY_NAME:
             raise ValueError(f"{cameras[0].bag.info.image_topic} holds compressed images but this seg_node has "
                              f"no image_transport parameter; evaluate the bag with --mode offline")
         params["image_transport"] = "compressed"
-    elif len(compressed) > 1:
-        raise ValueError("the cameras mix raw and compressed images; the node reads all cameras one way")
+    elif "image_transport" in P.PARAMS_BY_NAME:  # the replay publishes the bag's raw images, whatever the config says
+        params["image_transport"] = "raw"
     return params
 
 
