@@ -56,8 +56,8 @@ def test_node_switches_architecture_by_parameters_alone() -> None:
                 Parameter("model_options", value=options),
             ])
             assert result.successful, result.reason
-            assert wait_for(lambda n=name: node.engine.description["model"] == n, timeout=120), name
-            assert node.engine.description["variant"] == variant
+            assert wait_for(lambda n=name: node.scheduler.engine.description["model"] == n, timeout=120), name
+            assert node.scheduler.engine.description["variant"] == variant
             msg = make_image(rgb, "rgb8", Time(sec=100, nanosec=i), "cam")
             publisher.publish(msg)
             assert wait_for(lambda m=msg: any(x.header.stamp == m.header.stamp for x in labels), timeout=60), name
