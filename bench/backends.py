@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     parser.add_argument("--gpu", action="store_true", help="the GPU comparison instead of the CPU one")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the cases already in --out, run the rest")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -200,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         "note": "variants interleaved frame by frame in one process; engine latency = sum of stage timings",
         "date": time.strftime("%Y-%m-%d %H:%M"), "cases": [],
     }
+    if args.resume and out.exists():
+        previous = json.loads(out.read_text())
+        report["cases"] = previous["cases"]
+        report["load_average_at_start"] = previous["load_average_at_start"]
+    done = {(c["model"], tuple(c["size"])) for c in report["cases"]}
     for model in models:
         sizes = args.sizes or ([(512, 1024), (1024, 2048)] if model == "regseg" else [(512, 1024)])
         for size in sizes:
+            if (model, tuple(size)) in done:
+                continue
             iterations = args.large_iterations if (model in LARGE_MODELS and not args.gpu) else args.iterations
             case_variants = {k: v for k, v in variants.items()
                              if args.gpu or "compile" not in v
