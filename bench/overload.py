@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,8 @@ def main() -> int:
     sample = max(1, int(args.frames / args.factor / args.verify))
     with NodeHarness(params, input_depth=100, label_sample=sample) as h:
         result = run_overload(h, args.frames, shape, args.factor)
-        reference = SegmentationEngine(h.node.engine.config, model=copy.deepcopy(h.node.engine.model))
+        reference = SegmentationEngine(replace(h.node.engine.config, backend=h.node.engine.backend),
+                                       model=copy.deepcopy(h.node.engine.model))
         description = h.node.engine.description
     labels = result.pop("labels")
     checked = [r for r in labels if r.labels.size]

@@ -4,6 +4,7 @@ figures are bench/overload.py and bench/soak.py, reported in docs/RELIABILITY.md
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def test_overload_drops_with_reasons_keeps_latency_flat_and_headers_exact() -> N
     params = {"max_age_ms": 500.0, "diagnostics_period": 0.5, **QUIET_LATENCY}
     with NodeHarness(params, input_depth=100) as h:
         result = run_overload(h, frames=450, shape=SHAPE, factor=3.0)
-        reference = SegmentationEngine(h.node.engine.config, model=copy.deepcopy(h.node.engine.model))
+        reference = SegmentationEngine(replace(h.node.engine.config, backend=h.node.engine.backend),
+                                       model=copy.deepcopy(h.node.engine.model))
     books, run = result["books"], result["run"]
     summary = {k: v for k, v in result.items() if k not in ("labels", "messages_during_overload")}
     print(f"\noverload: {summary}")
