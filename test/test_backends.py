@@ -213,3 +213,23 @@ def test_export_command_writes_onnx_with_metadata_and_refuses_what_it_cannot(
     assert "CRF is not part of the network" in capsys.readouterr().err
     assert main([*args, "--format", "tensorrt"]) == 2
     assert "pip install onnxruntime-gpu tensorrt" in capsys.readouterr().err
+
+
+def test_backends_bench_runs_interleaved_and_reports_agreement_and_start_times(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_backends", Path(__file__).parents[1] / "bench" / "backends.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--models", "regseg", "--sizes", "32x48", "--iterations", "2",
+                       "--variants", "torch_eager,onnxruntime", "--out", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"][0]
+    ort = case["variants"]["onnxruntime"]
+    assert ort["backend"].startswith("onnxruntime") and ort["total_ms"]["count"] == 2
+    assert ort["agreement"]["min"] >= 0.999 and ort["first_start_s"] > 0 and ort["cached_start_s"] > 0
+    assert "| regseg | 32x48 | onnxruntime |" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert bench.main(["--gpu"]) == 0
+        assert "GPU comparison skipped" in capsys.readouterr().out
