@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,8 @@ def main() -> int:
     with NodeHarness(params, input_depth=100, label_sample=sample) as h:
         result = run_overload(h, args.frames, shape, args.factor)
         engine = h.node.scheduler.engine
-        reference = SegmentationEngine(engine.config, model=copy.deepcopy(engine.model))
-        description = h.node.scheduler.engine.description
+        reference = SegmentationEngine(replace(engine.config, backend=engine.backend), model=copy.deepcopy(engine.model))
+        description = engine.description
     labels = result.pop("labels")
     checked = [r for r in labels if r.labels.size]
     mismatched = [r.frame_id for r in checked

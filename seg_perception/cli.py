@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from .backends.base import BACKENDS
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """``'512x1024'`` -> (512, 1024) as (height, width)."""
@@ -46,14 +48,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = EngineConfig(
         model=args.model, variant=args.variant, weights=args.weights or "",
         model_options=parse_yaml_mapping(args.model_options), device=args.device,
-        precision=precision, crf=args.crf, compile=args.compile,
+        precision=precision, crf=args.crf, compile=args.compile, backend=args.backend,
     )
     report = run_benchmark(config, height, width, args.iterations, args.warmup,
                            OutputRequest(color=args.color, overlay=args.overlay))
     print(f"\n{report['engine']['model']} {report['engine']['variant']} {height}x{width} on "
           f"{report['engine']['device']} ({report['engine']['precision']}), {args.iterations} frames")
     print(format_table(report))
-    compiled = "" if args.compile == "none" else f"_{args.compile}"
+    compiled = ("" if args.compile == "none" else f"_{args.compile}") + (
+        "" if args.backend == "auto" else f"_{args.backend}")
     out = args.out or (f"bench/results/{args.model}_{height}x{width}_{report['engine']['precision']}"
                        f"_{config.device}{compiled}.json")
     print(f"wrote {write_json(report, out)}")
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", default="none", choices=("none", "cpu", "gpu"))
     p.add_argument("--compile", default="none", choices=("none", "torch_compile", "cuda_graph"),
                    help="torch_compile: TorchInductor; cuda_graph: replay captured graphs (CUDA only)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="what runs the network (docs/BACKENDS.md)")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--color", action="store_true", help="also compute the colour mask")
@@ -93,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Functions that add the evaluation and data subcommands to the parser."""
+    from .backends.commands import register as register_export
     from .evaluation.commands import register
 
-    return [register]
+    return [register, register_export]
 
 
 def main(argv: list[str] | None = None) -> int:

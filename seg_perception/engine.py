@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends import backend_problem, build_network, resolve_backend
 from .cityscapes import PALETTE
 from .models import build_model, count_parameters, load_checkpoint
 from .preparation import CAPTURE_LOCK, SERVING, PreparedCache, Preparer, yielding_to_serving
@@ -114,6 +115,10 @@ class EngineConfig:
     #: True: a new shape is compiled/captured in a background thread while it is served eagerly.
     #: False: on the serving thread, before that batch runs (benchmarks of the old behaviour).
     background_prepare: bool = True
+    #: auto | torch | onnxruntime | tensorrt: what runs the network (seg_perception.backends).
+    backend: str = "auto"
+    #: Exported-model / TensorRT engine cache folder; "" = $XDG_CACHE_HOME/seg_perception.
+    cache_dir: str = ""
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -138,6 +143,8 @@ class EngineConfig:
             )
         if self.compile == "cuda_graph" and (self.device == "cpu" or not torch.cuda.is_available()):
             raise EngineConfigError("compile cuda_graph needs a CUDA device; use none or torch_compile on the CPU")
+        if (problem := backend_problem(self.backend, self.device, self.compile)) is not None:
+            raise EngineConfigError(problem)
 
 
 @dataclass
@@ -366,6 +373,7 @@ class SegmentationEngine:
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
+        self.backend = resolve_backend(config.backend, self.device, config.compile, model is not None)
         self._forward = self._compiled_model(config)
         self._preparer = Preparer(f"seg-engine-prepare-{id(self):x}")
         self._compiled_shapes = PreparedCache(
@@ -411,6 +419,7 @@ class SegmentationEngine:
             "weights": self.config.weights or "(random init)",
             "crf": self.config.crf,
             "compile": self.config.compile,
+            "backend": self.backend if self.backend == "torch" else self._forward.name,
         }
 
     @property
@@ -542,7 +551,12 @@ class SegmentationEngine:
         return None
 
     def _compiled_model(self, config: EngineConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The model as the submit path calls it: eager, or compiled by TorchInductor."""
+        """The model as the submit path calls it: eager, compiled once by TorchInductor, or the
+        network exported to another backend (seg_perception.backends)."""
+        if self.backend != "torch":
+            self.backend, network = build_network(self.backend, config.backend, self.model, config,
+                                                  self.device, self.precision)
+            return network
         if config.compile != "torch_compile":
             return self.model
         # Inductor's default mode: fused kernels without autotuning (minutes per frame shape)

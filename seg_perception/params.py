@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .backends import BACKENDS
 from .cityscapes import CLASS_NAMES, PALETTE
 from .engine import COMPILE_MODES, DEVICES, PRECISIONS, EngineConfig
 from .image_conversion import DEFAULT_MAX_PIXELS
@@ -195,6 +196,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("compile", "none",
               "none | torch_compile | cuda_graph (CUDA only): capture/compile per camera resolution.",
               validate=_choice(*COMPILE_MODES), reload=True),
+    ParamSpec("backend", "auto",
+              "What runs the network: auto (onnxruntime on the CPU, torch on CUDA) | torch | onnxruntime | "
+              "tensorrt (ONNX Runtime's TensorRT provider, CUDA). See docs/BACKENDS.md.",
+              validate=_choice(*BACKENDS), reload=True),
+    ParamSpec("cache_dir", "",
+              "Folder of exported ONNX models and TensorRT engines; empty = $XDG_CACHE_HOME/seg_perception.",
+              reload=True),
     ParamSpec("cameras", [],
               "Camera names, one node serving them all with one model (see 'Many cameras' in the README); "
               "each camera reads <camera>.image_topic and publishes <camera>/segmentation/*. "
@@ -424,7 +432,7 @@ def validate_params(values: Mapping[str, Any]) -> list[str]:
         if low in values and high in values and not {low, high} & bad and values[low] > values[high]:
             problems.append(f"{low} must not exceed {high}")
     engine_keys = {"model", "variant", "model_options", "num_classes", "device", "precision",
-                   "inference_size", "crf", "crf_options", "compile"}
+                   "inference_size", "crf", "crf_options", "compile", "backend"}
     if engine_keys <= set(values) and not engine_keys & bad:
         problems += _engine_problems(values)
     return problems
@@ -512,6 +520,8 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         crf=values.get("crf", "none"),
         crf_options=parse_yaml_mapping(values.get("crf_options", "{}")),
         compile=values.get("compile", "none"),
+        backend=values.get("backend", "auto"),
+        cache_dir=values.get("cache_dir", ""),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 # DDS traffic stays on loopback, in a domain of its own per test process.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+
+# Exported ONNX models (backend auto/onnxruntime) are cached here, not in the user's cache folder;
+# shared between runs (keys are content hashes, writes atomic), so a re-run skips the exports.
+os.environ.setdefault("SEG_PERCEPTION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "seg_perception_test_cache"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

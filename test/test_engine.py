@@ -137,7 +137,7 @@ def test_missing_weights_file_fails_at_configuration(tmp_path) -> None:  # noqa:
 def test_engine_loads_weights_file(tmp_path, model, frame) -> None:  # noqa: ANN001
     path = tmp_path / "w.pt"
     torch.save({"model": model.state_dict()}, path)
-    loaded = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=str(path)))
+    loaded = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=str(path), backend="torch"))
     direct = SegmentationEngine(EngineConfig(device="cpu", precision="fp32"), model=model)
     assert np.array_equal(loaded.infer(frame).labels, direct.infer(frame).labels)
 

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.ros
 
 @pytest.fixture(scope="module")
 def harness():
-    """The real engine (RegSeg, CPU); faults are injected through the node's test hook."""
-    with NodeHarness({"failure_error_count": 4, "failure_window_s": 5.0}) as h:
+    """The real engine (RegSeg, CPU); faults are injected through the node's test hook, and into
+    the torch module's forward (hence backend torch: the CPU default runs an ONNX export)."""
+    with NodeHarness({"failure_error_count": 4, "failure_window_s": 5.0, "backend": "torch"}) as h:
         yield h
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..backends.base import BACKENDS
 from ..cli import parse_size
 from .bag_io import IMAGE_TOPIC
 
@@ -50,7 +51,8 @@ def _values(args: argparse.Namespace) -> dict:
     from .evaluate import resolve_params
 
     return resolve_params(args.config, model=args.model, variant=args.variant, weights=args.weights,
-                          model_options=args.model_options, device=args.device, precision=args.precision)
+                          model_options=args.model_options, device=args.device, precision=args.precision,
+                          backend=args.backend)
 
 
 def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
@@ -221,6 +223,7 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
     p.add_argument("--model-options", default=None, help="YAML mapping of builder options")
     p.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"))
     p.add_argument("--precision", default=None, choices=("fp16", "fp32"))
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="what runs the network (docs/BACKENDS.md)")
     p.add_argument("--speed", type=float, default=1.0, help="live replay rate as a multiple of the recorded rate")
     p.add_argument("--overlays", type=int, default=4, help="number of overlay images in the report")
     p.add_argument("--video", action="store_true", help="also write overlay.mp4 of every evaluated frame")
