@@ -597,12 +597,19 @@ class SegmentationEngine:
         if self._cuda:
             self._compute_stream.synchronize()
 
+    def _network(self, prepared: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What runs a group's forward pass: the compiled or exported network, except while a
+        ``torch_compile`` shape is still being prepared, which is served by the eager model."""
+        if self.config.compile != "none" and not prepared:
+            return self.model
+        return self._forward
+
     # -- the CPU path ----------------------------------------------------------------------------------
     def _run_cpu(
         self, group: _Group, frames: list[torch.Tensor], requests: list[OutputRequest]
     ) -> list[PendingResult]:
         prepared = self._prepare_group(group, self._schedule())
-        forward = self._forward if prepared else self.model
+        forward = self._network(prepared)
         timer = _Timer(cuda=False)
         timer.mark("start")
         rgbs = [f.to(self.device) for f in frames]
@@ -629,7 +636,7 @@ class SegmentationEngine:
         prepared = self._prepare_group(group, self._schedule())
         if self.config.compile == "cuda_graph" and prepared is not None:
             return self._run_graphs(prepared, frames, requests)
-        forward = self._forward if prepared else self.model
+        forward = self._network(prepared)
         timer = _Timer(cuda=True, spans=_EAGER_SPANS)
         caller = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._upload_stream):

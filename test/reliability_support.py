@@ -404,6 +404,8 @@ def run_overload(harness: NodeHarness, frames: int, shape: tuple[int, int], fact
     received_before = harness.node.scheduler.accounting.received
     books_before = harness.node.scheduler.accounting.snapshot()
     rate = factor * capacity
+    # The overload must outlast a few diagnostics periods to be seen there, however fast the node is.
+    frames = max(frames, int(rate * 4 * harness.node.values["diagnostics_period"]) + 1)
     stamps: dict[str, int] = {}
     rss_start = rss_mb()
     overload_start = time.monotonic()

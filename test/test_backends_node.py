@@ -29,7 +29,7 @@ def test_node_serves_labels_with_onnxruntime_and_switches_backend_at_runtime(tmp
     try:
         node = ros.add(SegmentationNode, device="cpu", precision="fp32", weights=str(weights), backend="onnxruntime",
                        cache_dir=str(tmp_path / "cache"), max_age_ms=0.0)
-        assert node.engine.description["backend"] == "onnxruntime (CPUExecutionProvider)"
+        assert node.scheduler.engine.description["backend"] == "onnxruntime (CPUExecutionProvider)"
         labels_out = ros.collect(Image, "segmentation/labels")
         publisher = ros.publisher("camera/image_raw")
         assert wait_for(lambda: publisher.get_subscription_count() > 0 and node.labels_pub.get_subscription_count() > 0)
@@ -45,7 +45,7 @@ def test_node_serves_labels_with_onnxruntime_and_switches_backend_at_runtime(tmp
 
         assert (send(1) == reference).mean() >= 0.999
         assert node.set_parameters([Parameter("backend", value="torch")])[0].successful
-        assert wait_for(lambda: node.engine.backend == "torch", 60.0)
+        assert wait_for(lambda: node.scheduler.engine.backend == "torch", 60.0)
         assert np.array_equal(send(2), reference)
         assert not node.set_parameters([Parameter("backend", value="tflite")])[0].successful
     finally:
