@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Functions that add the evaluation and data subcommands to the parser."""
     from .evaluation.commands import register
+    from .training.command import register as register_train
 
-    return [register]
+    return [register, register_train]
 
 
 def main(argv: list[str] | None = None) -> int:

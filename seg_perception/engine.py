@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cityscapes import PALETTE
+from .cityscapes import CLASS_NAMES, PALETTE
 from .models import build_model, count_parameters, load_checkpoint
+from .models.checkpoint import checkpoint_labels
 
 LOG = logging.getLogger(__name__)
 
@@ -245,7 +246,12 @@ class SegmentationEngine:
         self.crf = self._build_crf(config)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._palette = torch.from_numpy(_palette_for(config.num_classes)).to(self.device)
+        labels = checkpoint_labels(self.model)
+        #: Class names and colours of the label ids: those recorded in the checkpoint (a model
+        #: trained on a custom class set), else Cityscapes'. The node publishes them.
+        self.class_names, self.palette = labels or (_class_names_for(config.num_classes),
+                                                    _palette_for(config.num_classes))
+        self._palette = torch.from_numpy(self.palette).to(self.device)
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
@@ -285,6 +291,7 @@ class SegmentationEngine:
             "precision": self.precision,
             "parameters": self.num_parameters,
             "weights": self.config.weights or "(random init)",
+            "classes": len(self.class_names),
             "crf": self.config.crf,
             "compile": self.config.compile,
         }
@@ -501,6 +508,11 @@ class _CapturedPipeline:
             self.postprocess = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.postprocess, pool=pool, capture_error_mode="thread_local"):
                 self.outputs = engine._postprocess(self.logits, self.rgb, outputs)
+
+
+def _class_names_for(num_classes: int) -> tuple[str, ...]:
+    """Cityscapes' names for 19 classes; ``class_<i>`` beyond them."""
+    return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(num_classes))
 
 
 def _palette_for(num_classes: int) -> np.ndarray:
