@@ -53,8 +53,9 @@ def main() -> int:
     sample = max(1, int(args.frames / args.factor / args.verify))
     with NodeHarness(params, input_depth=100, label_sample=sample) as h:
         result = run_overload(h, args.frames, shape, args.factor)
-        reference = SegmentationEngine(h.node.engine.config, model=copy.deepcopy(h.node.engine.model))
-        description = h.node.engine.description
+        engine = h.node.scheduler.engine
+        reference = SegmentationEngine(engine.config, model=copy.deepcopy(engine.model))
+        description = h.node.scheduler.engine.description
     labels = result.pop("labels")
     checked = [r for r in labels if r.labels.size]
     mismatched = [r.frame_id for r in checked

@@ -50,7 +50,7 @@ def main() -> int:
         print(f"capacity {capacity:.1f} fps; soaking {args.frames} frames of {args.size} at {rate:.1f} Hz "
               f"(~{args.frames / rate / 60:.1f} min)", flush=True)
         result = run_soak(h, args.frames, shape, rate, args.checkpoints)
-        description = h.node.engine.description
+        description = h.node.scheduler.engine.description
     result.update(capacity_fps=capacity, engine=description, torch=torch.__version__,
                   cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"))
 

@@ -32,6 +32,110 @@ def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _combine(values: dict[str, str], problems: list[tuple[int, str]]) -> HealthReport:
+    if not problems:
+        return HealthReport(OK, "ok", values)
+    level = max(level for level, _ in problems)
+    return HealthReport(level, "; ".join(text for _, text in problems), values)
+
+
+def engine_report(
+    *,
+    stages: dict[str, dict[str, float]],
+    engine: dict[str, Any] | None,
+    consecutive_failures: int = 0,
+    failure_burst: bool = False,
+    last_error: str = "",
+    gpu_memory_mb: float | None = None,
+    startup_error: str | None = None,
+    model_loading: str | None = None,
+    reload_error: str | None = None,
+    batch_sizes: dict[str, float] | None = None,
+) -> HealthReport:
+    """The shared engine's status: what runs, per-stage latency, batch sizes and failures.
+
+    ``failure_burst`` (see :class:`~seg_perception.stats.FailureTracker`) is ERROR: the model is
+    failing frame after frame. ``reload_error`` is WARN: a requested model change failed, and the
+    previous model is still serving.
+    """
+    values: dict[str, str] = {}
+    for stage, summary in stages.items():
+        for key in ("p50", "p90", "p99", "max"):
+            values[f"{stage}_ms_{key}"] = _fmt(summary[key])
+    if batch_sizes is not None and batch_sizes.get("count"):
+        for key in ("p50", "mean", "max"):
+            values[f"batch_size_{key}"] = _fmt(float(batch_sizes[key]))
+    values["consecutive_failures"] = str(consecutive_failures)
+    if last_error:
+        values["last_error"] = last_error
+    if model_loading:
+        values["model_loading"] = model_loading
+    if reload_error:
+        values["reload_error"] = reload_error
+    for key, value in (engine or {}).items():
+        values[key] = _fmt(value)
+    if gpu_memory_mb is not None:
+        values["gpu_memory_mb"] = _fmt(gpu_memory_mb)
+    problems: list[tuple[int, str]] = []
+    if startup_error:
+        problems.append((ERROR, f"model not loaded: {startup_error}"))
+    if failure_burst:
+        problems.append((ERROR, f"{consecutive_failures} consecutive inference failures ({last_error})"))
+    if reload_error:
+        problems.append((WARN, f"model reload failed, previous model still serving: {reload_error}"))
+    return _combine(values, problems)
+
+
+def camera_report(
+    *,
+    end_to_end: dict[str, float],
+    accounting: dict[str, Any],
+    interval_received: int,
+    interval_lost: int,
+    input_rate_hz: float,
+    output_rate_hz: float,
+    thresholds: Thresholds,
+    silent_s: float | None = None,
+    silence_warn_s: float = 0.0,
+) -> HealthReport:
+    """One camera's status: rates, end-to-end latency, frame books and liveness.
+
+    ``interval_received``/``interval_lost`` are the frames received and dropped-or-rejected since
+    the previous report, so the drop level follows the current load rather than history.
+    ``silent_s`` is the time since the camera's last frame (None before its first): past
+    ``silence_warn_s`` (when > 0) the camera is WARN, "no frames for N s".
+    """
+    values: dict[str, str] = {}
+    for key in ("p50", "p90", "p99", "max"):
+        values[f"end_to_end_ms_{key}"] = _fmt(end_to_end[key])
+    values["input_rate_hz"] = _fmt(input_rate_hz)
+    values["output_rate_hz"] = _fmt(output_rate_hz)
+    for key in ("received", "processed", "dropped_total", "rejected_total", "in_flight"):
+        values[f"frames_{key}"] = str(accounting[key])
+    for reason, count in sorted(accounting["dropped"].items()):
+        values[f"dropped_{reason}"] = str(count)
+    for reason, count in sorted(accounting["rejected"].items()):
+        values[f"rejected_{reason}"] = str(count)
+    if silent_s is not None:
+        values["seconds_since_last_frame"] = _fmt(float(silent_s))
+    problems: list[tuple[int, str]] = []
+    p90 = end_to_end["p90"] if end_to_end.get("count") else 0.0
+    if p90 > thresholds.latency_error_ms:
+        problems.append((ERROR, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_error_ms:g} ms"))
+    elif p90 > thresholds.latency_warn_ms:
+        problems.append((WARN, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_warn_ms:g} ms"))
+    if interval_received:
+        ratio = interval_lost / interval_received
+        values["drop_ratio"] = _fmt(ratio)
+        if ratio >= thresholds.drop_error_ratio:
+            problems.append((ERROR, f"{ratio:.0%} of recent frames dropped or rejected"))
+        elif ratio >= thresholds.drop_warn_ratio:
+            problems.append((WARN, f"{ratio:.0%} of recent frames dropped or rejected"))
+    if silence_warn_s > 0 and silent_s is not None and silent_s >= silence_warn_s:
+        problems.append((WARN, f"no frames for {silent_s:.0f} s"))
+    return _combine(values, problems)
+
+
 def build_report(
     *,
     stages: dict[str, dict[str, float]],
@@ -50,61 +154,23 @@ def build_report(
     startup_error: str | None = None,
     model_loading: str | None = None,
     reload_error: str | None = None,
+    batch_sizes: dict[str, float] | None = None,
+    silent_s: float | None = None,
+    silence_warn_s: float = 0.0,
 ) -> HealthReport:
-    """Combine the node's statistics into one status.
-
-    ``interval_received``/``interval_lost`` are the frames received and dropped-or-rejected since
-    the previous report, so the drop level follows the current load rather than history.
-    ``failure_burst`` (see :class:`~seg_perception.stats.FailureTracker`) is ERROR: the model is
-    failing frame after frame. ``reload_error`` is WARN: a requested model change failed, and the
-    previous model is still serving.
-    """
-    values: dict[str, str] = {}
-    for stage, summary in stages.items():
-        for key in ("p50", "p90", "p99", "max"):
-            values[f"{stage}_ms_{key}"] = _fmt(summary[key])
-    for key in ("p50", "p90", "p99", "max"):
-        values[f"end_to_end_ms_{key}"] = _fmt(end_to_end[key])
-    values["input_rate_hz"] = _fmt(input_rate_hz)
-    values["output_rate_hz"] = _fmt(output_rate_hz)
-    for key in ("received", "processed", "dropped_total", "rejected_total", "in_flight"):
-        values[f"frames_{key}"] = str(accounting[key])
-    for reason, count in sorted(accounting["dropped"].items()):
-        values[f"dropped_{reason}"] = str(count)
-    for reason, count in sorted(accounting["rejected"].items()):
-        values[f"rejected_{reason}"] = str(count)
-    values["consecutive_failures"] = str(consecutive_failures)
-    if last_error:
-        values["last_error"] = last_error
-    if model_loading:
-        values["model_loading"] = model_loading
-    if reload_error:
-        values["reload_error"] = reload_error
-    for key, value in (engine or {}).items():
-        values[key] = _fmt(value)
-    if gpu_memory_mb is not None:
-        values["gpu_memory_mb"] = _fmt(gpu_memory_mb)
-
-    problems: list[tuple[int, str]] = []
-    if startup_error:
-        problems.append((ERROR, f"model not loaded: {startup_error}"))
-    if failure_burst:
-        problems.append((ERROR, f"{consecutive_failures} consecutive inference failures ({last_error})"))
-    if reload_error:
-        problems.append((WARN, f"model reload failed, previous model still serving: {reload_error}"))
-    p90 = end_to_end["p90"] if end_to_end.get("count") else 0.0
-    if p90 > thresholds.latency_error_ms:
-        problems.append((ERROR, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_error_ms:g} ms"))
-    elif p90 > thresholds.latency_warn_ms:
-        problems.append((WARN, f"end-to-end p90 {p90:.1f} ms > {thresholds.latency_warn_ms:g} ms"))
-    if interval_received:
-        ratio = interval_lost / interval_received
-        values["drop_ratio"] = _fmt(ratio)
-        if ratio >= thresholds.drop_error_ratio:
-            problems.append((ERROR, f"{ratio:.0%} of recent frames dropped or rejected"))
-        elif ratio >= thresholds.drop_warn_ratio:
-            problems.append((WARN, f"{ratio:.0%} of recent frames dropped or rejected"))
-    if not problems:
-        return HealthReport(OK, "ok", values)
-    level = max(level for level, _ in problems)
-    return HealthReport(level, "; ".join(text for _, text in problems), values)
+    """The single-camera node's one status: :func:`engine_report` and :func:`camera_report`
+    together (engine problems first)."""
+    engine_part = engine_report(
+        stages=stages, engine=engine, consecutive_failures=consecutive_failures, failure_burst=failure_burst,
+        last_error=last_error, gpu_memory_mb=gpu_memory_mb, startup_error=startup_error,
+        model_loading=model_loading, reload_error=reload_error, batch_sizes=batch_sizes,
+    )
+    camera_part = camera_report(
+        end_to_end=end_to_end, accounting=accounting, interval_received=interval_received,
+        interval_lost=interval_lost, input_rate_hz=input_rate_hz, output_rate_hz=output_rate_hz,
+        thresholds=thresholds, silent_s=silent_s, silence_warn_s=silence_warn_s,
+    )
+    problems = [] if engine_part.level == OK else [(engine_part.level, engine_part.message)]
+    if camera_part.level != OK:
+        problems.append((camera_part.level, camera_part.message))
+    return _combine({**engine_part.values, **camera_part.values}, problems)

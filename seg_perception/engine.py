@@ -29,7 +29,7 @@ import logging
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,8 @@ class SegmentationResult:
     overlay: np.ndarray | None = None
     confidence: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: How many frames ran through the model together with this one.
+    batch_size: int = 1
 
     @property
     def total_ms(self) -> float:
@@ -332,6 +334,15 @@ class SegmentationEngine:
         host = {k: v.cpu() for k, v in device_out.items()}
         timer.mark("download")
         return PendingResult(timer, host, None)
+
+    def submit_batch(
+        self, frames: Sequence[np.ndarray | torch.Tensor], outputs: Sequence[OutputRequest]
+    ) -> list[PendingResult]:
+        """Queue several frames (one output request each); one pending result per frame, in
+        order. This version submits them one by one (each result has ``batch_size`` 1)."""
+        if len(frames) != len(outputs):
+            raise ValueError(f"{len(frames)} frames but {len(outputs)} output requests")
+        return [self.submit(frame, out) for frame, out in zip(frames, outputs, strict=True)]
 
     def _submit_cuda(self, host_frame: torch.Tensor, outputs: OutputRequest) -> PendingResult:
         if self.config.compile == "cuda_graph":

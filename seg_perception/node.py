@@ -1,26 +1,29 @@
-"""``seg_node``: the rclpy adapter around :class:`~seg_perception.engine.SegmentationEngine`.
+"""``seg_node``: the rclpy adapter around :class:`~seg_perception.scheduler.Scheduler`.
 
-Responsibilities, one per callback or thread:
+The node declares parameters, creates one subscription and one set of publishers per camera,
+converts messages and publishes results and ``/diagnostics``. Everything between a received
+frame and a result (latest-frame slots, the worker, batching, frame accounting, background model
+loads and the swap) is the scheduler's, which is ROS-free and tested without DDS.
 
-* the image subscription validates a frame's fields and stores it as the newest frame (latest
-  frame wins: a frame replaced before the worker takes it is counted as dropped, ``superseded``);
-* a worker thread takes the newest frame, drops it if it is older than ``max_age_ms``, runs the
-  engine and publishes labels (plus colour/overlay/confidence when enabled and subscribed) with
-  the header of the frame they were computed from;
-* a loader thread builds a new engine when a model parameter changes, while the old engine keeps
-  serving; the swap is one reference assignment, and a failed load keeps the old engine and
-  reverts the parameters;
-* a timer publishes ``/diagnostics``;
-* the parameter callback validates runtime changes.
+* With ``cameras`` empty the node serves one camera on ``image_topic`` and publishes
+  ``segmentation/labels`` (and colour/overlay/confidence), one status on ``/diagnostics``.
+* With ``cameras: [front, left, ...]`` each camera reads ``<camera>.image_topic`` and publishes
+  ``<camera>/segmentation/...``; all share one model, and frames of several cameras run as one
+  batch. ``/diagnostics`` carries one status per camera and one for the shared engine.
 
-Every received frame ends up processed, dropped with a reason, or rejected with a reason, and
-the counts are on ``/diagnostics``. No callback lets an exception escape: a crash would stop the
-executor, and a car needs the node to keep serving. No tensor code lives here.
+Parameter set requests are validated in the set callback (refused with the reason, nothing
+changes) and applied in the post-set callback, once ROS has accepted them: model changes then
+load in the background. The subscription callback checks a frame's fields (cheap, before any
+allocation) and hands it to the scheduler; the conversion to RGB runs in the worker
+(:meth:`SegmentationNode._to_rgb`). No callback lets an exception escape, and no tensor code
+lives here.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import logging
 import sys
 import threading
 import time
@@ -35,14 +38,17 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 
 from . import params as P
-from .diagnostics import Thresholds, build_report
-from .engine import STAGES, EngineConfig, OutputRequest, SegmentationEngine, recover_from_failure
+from .diagnostics import HealthReport, Thresholds, build_report, camera_report, engine_report
+from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
-from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
+from .scheduler import CameraPolicy, Engine, Frame, Scheduler
+from .stats import FailureTracker
 
 try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
     from cv_bridge import CvBridge
@@ -52,56 +58,33 @@ except ImportError:  # pragma: no cover - depends on the installation
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 #: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
-EngineFactory = Callable[[EngineConfig], SegmentationEngine]
+EngineFactory = Callable[[EngineConfig], Engine]
 
 RELOAD_PARAMS = tuple(spec.name for spec in P.PARAMS if spec.reload)
 
 #: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of SIGINT/SIGTERM.
 STOP_TIMEOUT_S = 1.5
 
-
 #: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
 WARMUP_SIZE = (64, 64)
 
+#: The single-camera node's camera id in the scheduler and its books.
+SINGLE_CAMERA = ""
+
+#: Seconds between two log lines that start alike (per-frame problems would flood the log).
+LOG_THROTTLE_S = 5.0
+
 
 @dataclass
-class _Frame:
-    msg: Image
-    received_ns: int
+class CameraIO:
+    """One camera's subscription and publishers."""
 
-
-class LatestFrameSlot:
-    """A one-frame mailbox between the subscription and the worker."""
-
-    def __init__(self) -> None:
-        self._frame: _Frame | None = None
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, frame: _Frame) -> _Frame | None:
-        """Store ``frame``; return the frame that will never be processed, if any: the one it
-        replaced, or ``frame`` itself once the slot is closed."""
-        with self._cond:
-            if self._closed:
-                return frame
-            replaced, self._frame = self._frame, frame
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float) -> _Frame | None:
-        with self._cond:
-            if self._frame is None and not self._closed:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            return frame
-
-    def close(self) -> _Frame | None:
-        """Refuse further frames; return the waiting one, if any (it will not be processed)."""
-        with self._cond:
-            self._closed = True
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
-            return frame
+    camera: str
+    subscription: Subscription
+    labels: Publisher
+    color: Publisher
+    overlay: Publisher
+    confidence: Publisher
 
 
 def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
@@ -120,6 +103,15 @@ def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
     return descriptor
 
 
+def _camera_descriptor(name: str, spec: P.CameraParamSpec) -> ParameterDescriptor:
+    """Overrides are declared unset (any type, checked by the set callback against the
+    node-wide parameter's type); unset means "follow the node-wide value"."""
+    return ParameterDescriptor(
+        name=name, description=spec.description, dynamic_typing=spec.name != "image_topic",
+        additional_constraints="" if spec.dynamic else "takes effect on restart",
+    )
+
+
 def _plain(value: Any) -> Any:
     """ROS array parameters arrive as ``array.array``; keep lists so values compare equal."""
     return list(value) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
@@ -135,9 +127,8 @@ class SegmentationNode(Node):
 
     ``engine_factory`` replaces :class:`SegmentationEngine` (startup and runtime reloads); the
     reliability tests use it to run thousands of frames through the real ROS path quickly.
-    ``before_inference`` is a fault-injection hook for tests: when set, the worker calls it with
-    each frame's RGB array just before inference, and whatever it raises counts as that frame's
-    inference failure.
+    ``scheduler`` is public: tests and tools read its books and statistics and set its
+    ``before_inference`` fault hook there.
     """
 
     def __init__(self, *, engine_factory: EngineFactory | None = None, **kwargs: Any) -> None:
@@ -148,71 +139,112 @@ class SegmentationNode(Node):
             Node.destroy_node(self)  # nothing half-configured stays registered in the graph
             raise
 
-    def _setup(self, engine_factory: EngineFactory) -> None:
+    # -- setup --------------------------------------------------------------------------------
+    def _declare(self) -> list[str]:
+        """Declare every parameter; return the problems with their values."""
+        self.values = {}
         for spec in P.PARAMS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        self.values = {spec.name: _plain(self.get_parameter(spec.name).value) for spec in P.PARAMS}
+            # An empty list has no ROS type: declare it typed (it stays unset until given).
+            default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
+            declared = _plain(self.declare_parameter(spec.name, default, _descriptor(spec)).value)
+            self.values[spec.name] = _plain(spec.default) if declared is None else declared
         problems = P.validate_params(self.values)
+        self.cameras: tuple[str, ...] = tuple(self.values["cameras"])
+        #: Per-camera overrides; None = follows the node-wide parameter.
+        self.camera_values: dict[str, dict[str, Any]] = {}
+        if P.camera_name_problems(self.cameras):
+            return problems
+        for camera in self.cameras:
+            overrides = {}
+            for spec in P.CAMERA_PARAMS:
+                name = f"{camera}.{spec.name}"
+                if spec.name == "image_topic":
+                    default = P.default_camera_topic(camera)
+                else:
+                    default = None
+                overrides[spec.name] = _plain(self.declare_parameter(name, default,
+                                                                     _camera_descriptor(name, spec)).value)
+            self.camera_values[camera] = overrides
+            problems += P.camera_param_problems(camera, overrides)
+        return problems
+
+    def _setup(self, engine_factory: EngineFactory) -> None:
+        problems = self._declare()
+        ids = self.cameras or (SINGLE_CAMERA,)
+        topics = {camera: self.resolve_topic_name(self._camera_value(camera, "image_topic")) for camera in ids}
+        if not problems:
+            problems += P.duplicate_topic_problems(topics)
         if problems:
             raise ValueError("invalid seg_node parameters: " + "; ".join(problems))
 
-        self.accounting = FrameAccounting()
-        window = self.values["latency_window"]
-        self.stage_latency = {stage: LatencyWindow(window) for stage in STAGES}
-        self.end_to_end = LatencyWindow(window)
-        self.input_rate, self.output_rate = RateMeter(), RateMeter()
-        self.failures = FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"])
-        self.before_inference: Callable[[np.ndarray], None] | None = None
         self._bridge: Any = None
-        self._last_report = (0, 0)
+        self._logged: dict[tuple[int, str], float] = {}
+        self._last_report: dict[str, tuple[int, int]] = {}
         self._engine_factory = engine_factory
-        self._config_lock = threading.RLock()
-        self._loader: threading.Thread | None = None
-        self._loading: str | None = None
-        self._reverting: dict[str, Any] | None = None
+        self._reverting: threading.Thread | None = None
+        #: Held by a set request for its duration, and by a finishing model load.
+        self._set_lock = threading.RLock()
+        self.scheduler = Scheduler(
+            ids, convert=self._to_rgb, publish=self._publish, policy=self._policy,
+            clock_ns=lambda: self.get_clock().now().nanoseconds,
+            batch_wait_ms=self.values["batch_wait_ms"], max_batch_size=self.values["max_batch_size"],
+            latency_window=self.values["latency_window"],
+            failures=FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"]),
+            log=self._log,
+        )
         self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
-        self.startup_error: str | None = None
-        self.reload_error: str | None = None
-        self.engine: SegmentationEngine | None = None
+        self._requested = dict(self._serving)
         try:
-            self.engine = self._build_engine(self.values)
+            self.scheduler.install(self._build_engine(self.values))
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
-            self.startup_error = f"{type(exc).__name__}: {exc}"
-            self.get_logger().error(f"model not loaded, serving nothing: {self.startup_error}")
-        if self.engine is not None and not self.values["weights"]:
+            self.scheduler.startup_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"model not loaded, serving nothing: {self.scheduler.startup_error}")
+        if self.scheduler.engine is not None and not self.values["weights"]:
             self.get_logger().warning(
                 "NO WEIGHTS CONFIGURED: the model has random weights and its labels are meaningless"
             )
 
-        self.labels_pub = self.create_publisher(Image, "segmentation/labels", OUTPUT_QOS)
-        self.color_pub = self.create_publisher(Image, "segmentation/color", OUTPUT_QOS)
-        self.overlay_pub = self.create_publisher(Image, "segmentation/overlay", OUTPUT_QOS)
-        self.confidence_pub = self.create_publisher(Image, "segmentation/confidence", OUTPUT_QOS)
+        self.camera_io = {camera: self._camera_io(camera, topics[camera]) for camera in ids}
+        first = self.camera_io[ids[0]]
+        #: The first camera's (in single-camera mode the only) subscription and labels publisher.
+        self.subscription, self.labels_pub = first.subscription, first.labels
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics)
+        self._stopped = False
+        self.scheduler.start()
+        engine = self.scheduler.engine.description if self.scheduler.engine else {"model": "(not loaded)"}
+        for io in self.camera_io.values():
+            self.get_logger().info(f"segmenting {io.subscription.topic_name} -> {io.labels.topic_name}")
+        self.get_logger().info(f"one model for {len(ids)} camera(s): {engine}")
+
+    def _camera_io(self, camera: str, topic: str) -> CameraIO:
+        prefix = f"{camera}/" if camera else ""
         reliability = (
-            ReliabilityPolicy.RELIABLE if self.values["qos_reliability"] == "reliable"
+            ReliabilityPolicy.RELIABLE if self._camera_value(camera, "qos_reliability") == "reliable"
             else ReliabilityPolicy.BEST_EFFORT
         )
         input_qos = QoSProfile(depth=self.values["qos_depth"], reliability=reliability,
                                history=HistoryPolicy.KEEP_LAST)
-        self.subscription = self.create_subscription(
-            Image, self.values["image_topic"], self._on_image, input_qos
-        )
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics)
-
-        self._slot = LatestFrameSlot()
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
-        self._worker.start()
-        engine = self.engine.description if self.engine else {"model": "(not loaded)"}
-        self.get_logger().info(
-            f"segmenting {self.subscription.topic_name} with {engine} -> {self.labels_pub.topic_name}"
+        return CameraIO(
+            camera=camera,
+            subscription=self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
+                                                  input_qos),
+            labels=self.create_publisher(Image, f"{prefix}segmentation/labels", OUTPUT_QOS),
+            color=self.create_publisher(Image, f"{prefix}segmentation/color", OUTPUT_QOS),
+            overlay=self.create_publisher(Image, f"{prefix}segmentation/overlay", OUTPUT_QOS),
+            confidence=self.create_publisher(Image, f"{prefix}segmentation/confidence", OUTPUT_QOS),
         )
 
-    def _build_engine(self, values: dict[str, Any]) -> SegmentationEngine:
+    def _camera_value(self, camera: str, name: str) -> Any:
+        """A camera's setting: its own override when set, else the node-wide parameter."""
+        value = self.camera_values.get(camera, {}).get(name)
+        return self.values[name] if value is None else value
+
+    def _build_engine(self, values: dict[str, Any]) -> Engine:
         """Build and warm up an engine, so its first real frame is not the one paying for lazy
         initialisation (seconds on a cold CPU, cuDNN autotuning on a GPU)."""
         config = P.engine_config(values)
@@ -222,88 +254,45 @@ class SegmentationNode(Node):
             warmup(*(config.inference_size or WARMUP_SIZE))
         return engine
 
-    # -- subscription -------------------------------------------------------------------------
-    def _on_image(self, msg: Image) -> None:
-        self.accounting.receive()
-        self.input_rate.tick()
+    def _log(self, level: int, message: str) -> None:
+        """The scheduler's reports, into the ROS log; warnings and errors that start alike are
+        logged at most once per ``LOG_THROTTLE_S``."""
+        if level >= logging.WARNING:
+            key, now = (level, message[:24]), time.monotonic()
+            if now - self._logged.get(key, -LOG_THROTTLE_S) < LOG_THROTTLE_S:
+                return
+            self._logged[key] = now
+        logger = self.get_logger()
+        if level >= logging.ERROR:
+            logger.error(message)
+        elif level >= logging.WARNING:
+            logger.warning(message)
+        else:
+            logger.info(message)
+
+    # -- frames -------------------------------------------------------------------------------
+    def _on_image(self, camera: str, msg: Image) -> None:
+        """Check the frame's fields (no allocation) and hand it to the scheduler."""
         try:
             check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
                         self.values["max_pixels"])
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         except ImageRejected as exc:
-            self.accounting.reject(exc.reason)
-            self.get_logger().warning(f"rejected frame ({exc.reason}): {exc}", throttle_duration_sec=5.0)
+            self.scheduler.reject(camera, exc.reason)
+            self._log(logging.WARNING, f"rejected frame ({exc.reason}) of camera {camera!r}: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
-            self.accounting.reject("malformed")
-            self.get_logger().error(f"rejected frame (malformed): {exc!r}", throttle_duration_sec=5.0)
+            self.scheduler.reject(camera, "malformed")
+            self._log(logging.ERROR, f"rejected frame (malformed) of camera {camera!r}: {exc!r}"[:300])
             return
-        if self.engine is None:
-            self.accounting.drop("model_not_loaded")
-            return
-        frame = _Frame(msg, self.get_clock().now().nanoseconds)
-        lost = self._slot.put(frame)
-        if lost is frame:
-            self.accounting.drop("shutdown")
-        elif lost is not None:
-            self.accounting.drop("superseded")
+        self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
 
-    # -- worker -------------------------------------------------------------------------------
-    def _work(self) -> None:
-        """Take newest frames until shutdown; on CUDA keep one frame in flight for overlap."""
-        pending: tuple[_Frame, SegmentationEngine, Any] | None = None
-        while not self._stop.is_set():
-            try:
-                frame = self._slot.take(timeout=0.0 if pending else 0.1)
-                started = self._start(frame) if frame is not None else None
-                if pending is not None:
-                    self._finish(*pending)
-                pending = started
-                if pending is not None and not pending[1].asynchronous:
-                    self._finish(*pending)
-                    pending = None
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive any bug in a frame
-                self.get_logger().error(f"worker error: {exc!r}", throttle_duration_sec=5.0)
-        if pending is not None:
-            self._finish(*pending)
+    def _to_rgb(self, frame: Frame) -> np.ndarray:
+        """A frame's message as a uint8 HxWx3 RGB array (called by the worker).
 
-    def _age_ms(self, frame: _Frame) -> float:
-        stamp = frame.msg.header.stamp
-        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
-        return (self.get_clock().now().nanoseconds - (stamp_ns or frame.received_ns)) / 1e6
-
-    def _start(self, frame: _Frame) -> tuple[_Frame, SegmentationEngine, Any] | None:
-        """Submit ``frame``; on any failure it is accounted for here and None is returned."""
-        try:
-            return self._submit(frame)
-        except ImageRejected as exc:  # max_pixels lowered since the subscription checked it
-            self.accounting.reject(exc.reason)
-        except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
-            if self._stop.is_set():
-                self.accounting.drop("shutdown")
-            else:
-                self._fail(exc)
-        return None
-
-    def _submit(self, frame: _Frame) -> tuple[_Frame, SegmentationEngine, Any] | None:
-        engine = self.engine  # one engine per frame, even if a swap happens meanwhile
-        max_age = self.values["max_age_ms"]
-        if max_age > 0 and self._age_ms(frame) > max_age:
-            self.accounting.drop("stale")
-            return None
-        outputs = OutputRequest(
-            color=self.values["publish_color"] and self.color_pub.get_subscription_count() > 0,
-            overlay=self.values["publish_overlay"] and self.overlay_pub.get_subscription_count() > 0,
-            confidence=self.values["publish_confidence"] and self.confidence_pub.get_subscription_count() > 0,
-            overlay_alpha=self.values["overlay_alpha"],
-        )
-        rgb = self._to_rgb(frame.msg)
-        if self.before_inference is not None:
-            self.before_inference(rgb)
-        return frame, engine, engine.submit(rgb, outputs)
-
-    def _to_rgb(self, msg: Image) -> np.ndarray:
-        """Our checks always run first (cv_bridge trusts the header fields); the conversion itself
+        Our checks always run first (cv_bridge trusts the header fields); the conversion itself
         uses cv_bridge when a ROS install provides it, else our zero-copy conversion."""
+        msg = frame.payload
         if CvBridge is None:
             return image_msg_to_rgb(msg, self.values["max_pixels"])
         check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
@@ -312,185 +301,211 @@ class SegmentationNode(Node):
             self._bridge = CvBridge()
         return self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
 
-    def _finish(self, frame: _Frame, engine: SegmentationEngine, pending: Any) -> None:
-        try:
-            result = pending.result()
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-            return
-        header = frame.msg.header
-        try:
-            self.labels_pub.publish(_image(header, result.labels, "mono8"))
-            if result.color is not None:
-                self.color_pub.publish(_image(header, result.color, "rgb8"))
-            if result.overlay is not None:
-                self.overlay_pub.publish(_image(header, result.overlay, "rgb8"))
-            if result.confidence is not None:
-                self.confidence_pub.publish(_image(header, result.confidence, "mono8"))
-        except Exception as exc:  # noqa: BLE001 - e.g. the context shut down under us
-            self.accounting.drop("shutdown" if self._stop.is_set() else "publish_error")
-            if not self._stop.is_set():
-                self.get_logger().error(f"publish failed, frame dropped: {exc!r}", throttle_duration_sec=5.0)
-            return
-        self.accounting.process()
-        self.output_rate.tick()
-        self.failures.success()
-        for stage, ms in result.timings_ms.items():
-            self.stage_latency[stage].add(ms)
-        self.end_to_end.add(self._age_ms(frame))
+    def _policy(self, camera: str) -> CameraPolicy:
+        """Age limit and outputs for the camera's next frame: an optional output is computed only
+        when enabled and someone subscribes to it."""
+        io = self.camera_io[camera]
+        wanted = functools.partial(self._camera_value, camera)
+        return CameraPolicy(
+            max_age_ms=wanted("max_age_ms"),
+            outputs=OutputRequest(
+                color=wanted("publish_color") and io.color.get_subscription_count() > 0,
+                overlay=wanted("publish_overlay") and io.overlay.get_subscription_count() > 0,
+                confidence=wanted("publish_confidence") and io.confidence.get_subscription_count() > 0,
+                overlay_alpha=self.values["overlay_alpha"],
+            ),
+        )
 
-    def _fail(self, exc: Exception) -> None:
-        self.accounting.drop(recover_from_failure(exc))
-        self.failures.failure(f"{type(exc).__name__}: {exc}")
-        self.get_logger().error(f"inference failed, frame dropped: {type(exc).__name__}: {exc}",
-                                throttle_duration_sec=5.0)
+    def _publish(self, frame: Frame, result: SegmentationResult) -> None:
+        """Publish a frame's results with the header of the frame they were computed from."""
+        io = self.camera_io[frame.camera]
+        header = frame.payload.header
+        io.labels.publish(_image(header, result.labels, "mono8"))
+        if result.color is not None:
+            io.color.publish(_image(header, result.color, "rgb8"))
+        if result.overlay is not None:
+            io.overlay.publish(_image(header, result.overlay, "rgb8"))
+        if result.confidence is not None:
+            io.confidence.publish(_image(header, result.confidence, "mono8"))
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         try:
             self.diagnostics_pub.publish(self.diagnostics())
         except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
-            self.get_logger().error(f"diagnostics failed: {exc!r}", throttle_duration_sec=5.0)
+            self._log(logging.ERROR, f"diagnostics failed: {exc!r}")
 
-    def diagnostics(self) -> DiagnosticArray:
-        """The current health report; the drop ratio covers frames since the previous call."""
-        books = self.accounting.snapshot()
+    def _thresholds(self) -> Thresholds:
+        return Thresholds(self.values["latency_warn_ms"], self.values["latency_error_ms"],
+                          self.values["drop_warn_ratio"], self.values["drop_error_ratio"])
+
+    def _camera_args(self, camera: str, books: dict[str, Any]) -> dict[str, Any]:
+        """A camera's figures for its report; the drop ratio covers frames since the last call."""
+        stats = self.scheduler.camera_stats[camera]
         lost = books["dropped_total"] + books["rejected_total"]
-        previous_received, previous_lost = self._last_report
-        self._last_report = (books["received"], lost)
-        engine = self.engine
-        report = build_report(
-            stages={stage: w.summary() for stage, w in self.stage_latency.items()},
-            end_to_end=self.end_to_end.summary(),
-            accounting=books,
-            interval_received=books["received"] - previous_received,
-            interval_lost=lost - previous_lost,
-            input_rate_hz=self.input_rate.rate(),
-            output_rate_hz=self.output_rate.rate(),
-            engine=engine.description if engine else None,
-            thresholds=Thresholds(
-                self.values["latency_warn_ms"], self.values["latency_error_ms"],
-                self.values["drop_warn_ratio"], self.values["drop_error_ratio"],
-            ),
-            consecutive_failures=self.failures.consecutive,
-            failure_burst=self.failures.burst(),
-            last_error=self.failures.last_error,
-            gpu_memory_mb=engine.memory_allocated_mb() if engine else None,
-            startup_error=self.startup_error,
-            model_loading=self._loading,
-            reload_error=self.reload_error,
+        previous_received, previous_lost = self._last_report.get(camera, (0, 0))
+        self._last_report[camera] = (books["received"], lost)
+        return dict(
+            accounting=books, interval_received=books["received"] - previous_received,
+            interval_lost=lost - previous_lost, input_rate_hz=stats.input_rate.rate(),
+            output_rate_hz=stats.output_rate.rate(), thresholds=self._thresholds(),
+            silent_s=stats.silent_s(), silence_warn_s=self.values["silence_warn_s"],
         )
-        status = DiagnosticStatus(
-            level=bytes([report.level]),
-            name=f"seg_perception: {self.get_fully_qualified_name()}",
-            message=report.message,
-            hardware_id=str(engine.description["device"]) if engine else "",
+
+    def _engine_args(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        engine = scheduler.engine
+        return dict(
+            stages={stage: w.summary() for stage, w in list(scheduler.stage_latency.items())},
+            engine=engine.description if engine else None,
+            consecutive_failures=scheduler.failures.consecutive, failure_burst=scheduler.failures.burst(),
+            last_error=scheduler.failures.last_error,
+            gpu_memory_mb=engine.memory_allocated_mb() if engine else None,
+            startup_error=scheduler.startup_error, model_loading=scheduler.loading,
+            reload_error=scheduler.reload_error, batch_sizes=scheduler.batch_sizes.summary(),
+        )
+
+    def _status(self, name: str, report: HealthReport, hardware_id: str) -> DiagnosticStatus:
+        return DiagnosticStatus(
+            level=bytes([report.level]), name=name, message=report.message, hardware_id=hardware_id,
             values=[KeyValue(key=k, value=v) for k, v in report.values.items()],
         )
-        array = DiagnosticArray(status=[status])
+
+    def diagnostics(self) -> DiagnosticArray:
+        """The current health report: one status in single-camera mode; with ``cameras`` one
+        per camera plus one for the shared engine."""
+        total, per_camera = self.scheduler.accounting.snapshots()
+        engine = self.scheduler.engine
+        device = str(engine.description["device"]) if engine else ""
+        fqn = self.get_fully_qualified_name()
+        if not self.cameras:
+            report = build_report(end_to_end=self.scheduler.end_to_end.summary(),
+                                  **self._camera_args(SINGLE_CAMERA, total), **self._engine_args())
+            statuses = [self._status(f"seg_perception: {fqn}", report, device)]
+        else:
+            engine_part = engine_report(**self._engine_args())
+            engine_part.values["cameras"] = ",".join(self.cameras)
+            for key in ("received", "processed", "dropped_total", "rejected_total", "in_flight"):
+                engine_part.values[f"total_frames_{key}"] = str(total[key])
+            statuses = [self._status(f"seg_perception: {fqn} engine", engine_part, device)]
+            for camera in self.cameras:
+                books = per_camera.get(camera) or self.scheduler.accounting.snapshot(camera)
+                report = camera_report(end_to_end=self.scheduler.camera_stats[camera].end_to_end.summary(),
+                                       **self._camera_args(camera, books))
+                topic = self.camera_io[camera].subscription.topic_name
+                report.values["image_topic"] = topic
+                statuses.append(self._status(f"seg_perception: {fqn} camera {camera}", report, topic))
+        array = DiagnosticArray(status=statuses)
         array.header.stamp = self.get_clock().now().to_msg()
         return array
 
     # -- parameters ---------------------------------------------------------------------------
-    def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
-        """Accept valid changes; refuse the rest with the reason. Model changes load in the
-        background (one at a time) and the request returns at once."""
-        with self._config_lock:
-            updated = dict(self.values)
-            reload = False
-            for change in changes:
-                spec = P.PARAMS_BY_NAME.get(change.name)
-                if spec is None:
-                    continue  # parameters this node does not own (e.g. use_sim_time)
-                value = _plain(change.value)
-                if value == self.values[change.name]:
+    def _changed(self, changes: list[Parameter]) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool, str]:
+        """The parameter values after ``changes``, whether the model must reload, and the reason
+        the changes are refused ("" when they are not)."""
+        values = dict(self.values)
+        cameras = {camera: dict(v) for camera, v in self.camera_values.items()}
+        reload = False
+        for change in changes:
+            value = _plain(change.value)
+            spec = P.PARAMS_BY_NAME.get(change.name)
+            camera, _, name = change.name.partition(".")
+            if spec is not None:
+                if value == values[change.name]:
                     continue
                 if not (spec.dynamic or spec.reload):
-                    return SetParametersResult(successful=False,
-                                               reason=f"{change.name} takes effect only on restart")
+                    return values, cameras, reload, f"{change.name} takes effect only on restart"
                 reload |= spec.reload
-                updated[change.name] = value
-            if self._reverting is not None and threading.current_thread() is self._loader:
-                # the loader putting back the parameters of the model that is still serving
-                self.values = updated
-                return SetParametersResult(successful=True, reason="reverted after a failed load")
-            problems = P.validate_params(updated)
-            if problems:
-                return SetParametersResult(successful=False, reason="; ".join(problems))
-            if reload and self._loading is not None:
-                return SetParametersResult(
-                    successful=False, reason=f"model {self._loading} is still loading; retry when it is done"
-                )
-            self.values = updated
-            self.failures.configure(updated["failure_error_count"], updated["failure_window_s"])
-            if not reload:
-                return SetParametersResult(successful=True)
-            self._loading = _model_label(updated)
-            self._loader = threading.Thread(
-                target=self._reload, args=(dict(updated),), name="seg_model_loader", daemon=True
-            )
-            self._loader.start()
+                values[change.name] = value
+            elif camera in cameras and name in P.CAMERA_PARAMS_BY_NAME:
+                if value == cameras[camera][name]:
+                    continue
+                if not P.CAMERA_PARAMS_BY_NAME[name].dynamic:
+                    return values, cameras, reload, f"{change.name} takes effect only on restart"
+                cameras[camera][name] = value
+            # anything else is not ours (e.g. use_sim_time)
+        return values, cameras, reload, ""
+
+    def set_parameters(self, parameter_list: list[Parameter]) -> list[SetParametersResult]:
+        """As :meth:`Node.set_parameters`; a model load finishing meanwhile waits until all the
+        parameters are set, so each is validated against the same loading state."""
+        with self._set_lock:
+            return super().set_parameters(parameter_list)
+
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        with self._set_lock:
+            return super().set_parameters_atomically(parameter_list)
+
+    def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
+        """Validate only: refuse invalid changes with the reason; nothing changes here."""
+        if self._reverting is threading.current_thread():
+            return SetParametersResult(successful=True, reason="reverted after a failed load")
+        values, cameras, reload, refused = self._changed(changes)
+        if refused:
+            return SetParametersResult(successful=False, reason=refused)
+        problems = P.validate_params(values)
+        for camera, overrides in cameras.items():
+            problems += P.camera_param_problems(camera, overrides)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        loading = self.scheduler.loading
+        if reload and loading is not None:
+            return SetParametersResult(successful=False,
+                                       reason=f"model {loading} is still loading; retry when it is done")
+        if reload:
             return SetParametersResult(
                 successful=True,
-                reason=f"loading {self._loading} in the background; the current model serves until then",
+                reason=f"loading {_model_label(values)} in the background; the current model serves until then",
             )
+        return SetParametersResult(successful=True)
 
-    def _reload(self, values: dict[str, Any]) -> None:
-        """Build the engine for ``values``; swap it in, or keep the old one and revert."""
-        label = _model_label(values)
-        try:
-            engine = self._build_engine(values)
-        except Exception as exc:  # noqa: BLE001 - every load failure is reported, none kills us
-            reason = f"{type(exc).__name__}: {exc}"
-            serving = _model_label(self._serving) if self.engine is not None else "nothing"
-            self.reload_error = f"{label}: {reason}"
-            self.get_logger().error(f"could not load {label}: {reason}; still serving {serving}")
-            self._revert()
+    def _after_set_parameters(self, changes: list[Parameter]) -> None:
+        """Apply accepted changes; a model change starts a background load."""
+        values, cameras, _, _ = self._changed(changes)
+        self.values, self.camera_values = values, cameras
+        self.scheduler.failures.configure(values["failure_error_count"], values["failure_window_s"])
+        self.scheduler.batch_wait_ms = values["batch_wait_ms"]
+        self.scheduler.max_batch_size = values["max_batch_size"]
+        wanted = {name: values[name] for name in RELOAD_PARAMS}
+        if self._reverting is threading.current_thread() or wanted == self._requested:
             return
-        with self._config_lock:
-            self._loading = None
-            if self._stop.is_set():
-                return
-            self.engine = engine  # the swap: the worker picks it up with its next frame
-            self._serving = {name: values[name] for name in RELOAD_PARAMS}
-            self.startup_error = self.reload_error = None
-            self.failures.success()
-        self.get_logger().info(f"now serving {label}: {engine.description}")
+        self._requested = wanted
+        snapshot = dict(values)
 
-    def _revert(self) -> None:
-        """Put the model parameters back to what is serving, so they never describe a model
-        that is not running."""
-        with self._config_lock:
-            revert = {n: v for n, v in self._serving.items() if self.values[n] != v}
-            self._reverting = revert
+        def loaded() -> None:
+            self._serving = wanted
+
+        if not self.scheduler.load(_model_label(snapshot), lambda: self._build_engine(snapshot),
+                                   on_loaded=loaded, on_failed=self._revert, completion_lock=self._set_lock):
+            self._log(logging.ERROR, "a model load is already running; the new model parameters "
+                                     "take effect with the next model change")
+
+    def _revert(self, reason: str) -> None:
+        """After a failed load: put the model parameters back to what is serving, so they never
+        describe a model that is not running."""
+        serving = _model_label(self._serving) if self.scheduler.engine is not None else "nothing"
+        self._log(logging.ERROR, f"still serving {serving} ({reason[:300]})")
+        self._requested = dict(self._serving)
+        revert = {n: v for n, v in self._serving.items() if self.values[n] != v}
+        self._reverting = threading.current_thread()
         try:
-            if revert and not self._stop.is_set():
+            if revert:
                 self.set_parameters([Parameter(n, value=v) for n, v in revert.items()])
-        except Exception as exc:  # noqa: BLE001 - e.g. the node is being destroyed
-            self.get_logger().warning(f"could not revert parameters: {exc!r}")
         finally:
-            with self._config_lock:
-                self._reverting = None
-                self._loading = None
+            self._reverting = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop the worker (it finishes the frame it holds); a frame still waiting is counted as
+        """Stop the worker (it finishes the batch it holds); frames still waiting are counted as
         dropped (``shutdown``). Idempotent; waits at most ``timeout`` seconds in all."""
-        if self._stop.is_set():
+        if getattr(self, "_stopped", True):
             return
+        self._stopped = True
         started = time.monotonic()
-        self._stop.set()
-        if self._slot.close() is not None:
-            self.accounting.drop("shutdown")
-        self._worker.join(timeout)
-        loader = self._loader
-        if loader is not None:
-            loader.join(max(0.0, started + timeout - time.monotonic()))
-        if self._worker.is_alive():
+        if not self.scheduler.stop(timeout):
             self.get_logger().error(f"worker still busy after {timeout:g} s; leaving it behind")
             return
-        books = self.accounting.snapshot()
+        books = self.scheduler.accounting.snapshot()
         self.get_logger().info(
             f"stopped in {(time.monotonic() - started) * 1e3:.0f} ms: {books['received']} frames received, "
             f"{books['processed']} processed, dropped {books['dropped']}, rejected {books['rejected']}"

@@ -13,6 +13,7 @@ fail later is refused up front with the reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("compile", "none",
               "none | torch_compile | cuda_graph (CUDA only): capture/compile per camera resolution.",
               validate=_choice(*COMPILE_MODES), reload=True),
-    ParamSpec("image_topic", "camera/image_raw", "Input sensor_msgs/Image topic (relative, remappable)."),
+    ParamSpec("cameras", [],
+              "Camera names, one node serving them all with one model (see 'Many cameras' in the README); "
+              "each camera reads <camera>.image_topic and publishes <camera>/segmentation/*. "
+              "Empty = one camera on image_topic.",
+              validate=lambda v: "; ".join(camera_name_problems(v)) or None),
+    ParamSpec("image_topic", "camera/image_raw",
+              "Input sensor_msgs/Image topic (relative, remappable); single-camera mode only."),
     ParamSpec("qos_reliability", "best_effort",
               "Input QoS reliability: best_effort (sensor data) | reliable.",
               validate=_choice("best_effort", "reliable")),
@@ -120,6 +127,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_age_ms", 500.0,
               "Frames older than this (header stamp to inference start) are dropped; 0 = never.",
               dynamic=True, validate=_non_negative, range=(0.0, 60000.0)),
+    ParamSpec("batch_wait_ms", 2.0,
+              "Once one camera's frame is pending, wait up to this long for the other cameras' frames "
+              "to batch them together: more throughput, at most this much more latency.",
+              dynamic=True, validate=_non_negative, range=(0.0, 1000.0)),
+    ParamSpec("max_batch_size", 0,
+              "Most frames (cameras) run together; 0 = all cameras, 1 = no batching (round-robin).",
+              dynamic=True, validate=_non_negative, range=(0, 1024)),
+    ParamSpec("silence_warn_s", 3.0,
+              "A camera that delivered frames and then none for this long is WARN; 0 = never.",
+              dynamic=True, validate=_non_negative, range=(0.0, 86400.0)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", validate=_positive,
               range=(0.01, 3600.0)),
     ParamSpec("latency_window", 300, "Number of frames in the latency percentile window.",
@@ -149,6 +166,120 @@ PARAMS: tuple[ParamSpec, ...] = (
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+@dataclass(frozen=True)
+class CameraParamSpec:
+    """A per-camera parameter ``<camera>.<name>``. Unset, it follows the node-wide parameter of
+    the same name (``image_topic`` instead defaults to ``<camera>/camera/image_raw``, the topic a
+    per-camera node in namespace ``<camera>`` would read); type, validation and whether it may
+    change at runtime are the node-wide parameter's."""
+
+    name: str
+    description: str
+
+    @property
+    def dynamic(self) -> bool:
+        return PARAMS_BY_NAME[self.name].dynamic
+
+
+CAMERA_PARAMS: tuple[CameraParamSpec, ...] = (
+    CameraParamSpec("image_topic", "This camera's input topic; default <camera>/camera/image_raw."),
+    CameraParamSpec("qos_reliability", "This camera's input QoS reliability; default: qos_reliability."),
+    CameraParamSpec("max_age_ms", "This camera's frame age limit; default: max_age_ms."),
+    CameraParamSpec("publish_color", "Publish <camera>/segmentation/color; default: publish_color."),
+    CameraParamSpec("publish_overlay", "Publish <camera>/segmentation/overlay; default: publish_overlay."),
+    CameraParamSpec("publish_confidence", "Publish <camera>/segmentation/confidence; default: publish_confidence."),
+)
+CAMERA_PARAMS_BY_NAME: dict[str, CameraParamSpec] = {p.name: p for p in CAMERA_PARAMS}
+#: Camera names: one ROS name token (it becomes a topic namespace and a parameter prefix).
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}\Z")
+MAX_CAMERAS = 64
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of user input, bounded so an error message stays short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def camera_name_problems(cameras: Any) -> list[str]:
+    """Why a ``cameras`` list is not acceptable (empty when it is)."""
+    if isinstance(cameras, (str, bytes)) or not hasattr(cameras, "__len__"):
+        return [f"must be a list of camera names, got {_shown(cameras)}"]
+    if len(cameras) > MAX_CAMERAS:
+        return [f"at most {MAX_CAMERAS} cameras, got {len(cameras)}"]
+    problems, seen = [], set()
+    for name in cameras:
+        if not isinstance(name, str) or not CAMERA_NAME.match(name):
+            problems.append(f"camera name {_shown(name)} is not a valid ROS name token "
+                            "(a letter, then letters, digits or _; at most 63 characters)")
+        elif name in PARAMS_BY_NAME:
+            problems.append(f"camera name {name!r} is also a node parameter; choose another name")
+        elif name in seen:
+            problems.append(f"camera {name!r} is listed twice")
+        seen.add(name)
+    return problems
+
+
+def default_camera_topic(camera: str) -> str:
+    return f"{camera}/camera/image_raw"
+
+
+def camera_param_problems(camera: str, values: Mapping[str, Any]) -> list[str]:
+    """Problems in one camera's set overrides (``None`` = not set, follows the node-wide value)."""
+    problems = []
+    for name, value in values.items():
+        if name not in CAMERA_PARAMS_BY_NAME:
+            problems.append(f"{camera}.{name}: unknown per-camera parameter; valid: "
+                            f"{', '.join(CAMERA_PARAMS_BY_NAME)}")
+        elif value is not None and (reason := validate_param(name, value)):
+            problems.append(f"{camera}.{reason}")
+    return problems
+
+
+def duplicate_topic_problems(topics: Mapping[str, str]) -> list[str]:
+    """Two cameras reading one (resolved) topic would each get the other's frames."""
+    owners: dict[str, list[str]] = {}
+    for camera, topic in topics.items():
+        owners.setdefault(topic, []).append(camera)
+    return [f"cameras {', '.join(cams)} all read {topic}; each camera needs its own image_topic"
+            for topic, cams in owners.items() if len(cams) > 1]
+
+
+def split_camera_params(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Separate a params file's node-wide values from its per-camera sections.
+
+    A camera's parameters arrive as a nested mapping (``front: {image_topic: ...}``, as YAML
+    files write them) or as dotted names (``front.image_topic``, as the node sees them).
+    """
+    node_wide: dict[str, Any] = {}
+    cameras: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            cameras.setdefault(key, {}).update(value)
+        elif "." in key:
+            camera, _, name = key.partition(".")
+            cameras.setdefault(camera, {})[name] = value
+        else:
+            node_wide[key] = value
+    return node_wide, cameras
+
+
+def validate_config(values: Mapping[str, Any]) -> list[str]:
+    """:func:`validate_params` plus the cameras: names, per-camera sections, duplicate topics
+    (compared as written; the node compares them resolved in its namespace)."""
+    node_wide, sections = split_camera_params(values)
+    problems = validate_params(node_wide)
+    cameras = list(node_wide.get("cameras") or [])
+    for camera in sorted(set(sections) - set(cameras)):
+        problems.append(f"parameters for {_shown(camera)}, which is not in cameras")
+    for camera in dict.fromkeys(cameras):
+        problems += camera_param_problems(camera, sections.get(camera, {}))
+    if not camera_name_problems(cameras):
+        topics = {c: sections.get(c, {}).get("image_topic") or default_camera_topic(c) for c in cameras}
+        problems += duplicate_topic_problems(topics)
+    return problems
 
 
 def validate_param(name: str, value: Any) -> str | None:

@@ -67,41 +67,81 @@ class RateMeter:
 
 
 @dataclass
-class FrameAccounting:
-    """Every received frame ends as processed, dropped (with reason) or rejected (with reason)."""
-
+class _Books:
     received: int = 0
     processed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def receive(self) -> None:
-        with self._lock:
-            self.received += 1
-
-    def process(self) -> None:
-        with self._lock:
-            self.processed += 1
-
-    def drop(self, reason: str) -> None:
-        with self._lock:
-            self.dropped[reason] += 1
-
-    def reject(self, reason: str) -> None:
-        with self._lock:
-            self.rejected[reason] += 1
 
     def snapshot(self) -> dict[str, object]:
+        dropped, rejected = dict(self.dropped), dict(self.rejected)
+        accounted = self.processed + sum(dropped.values()) + sum(rejected.values())
+        return {
+            "received": self.received, "processed": self.processed,
+            "dropped": dropped, "rejected": rejected,
+            "dropped_total": sum(dropped.values()), "rejected_total": sum(rejected.values()),
+            "in_flight": self.received - accounted,
+        }
+
+
+class FrameAccounting:
+    """Every received frame ends as processed, dropped (with reason) or rejected (with reason).
+
+    Books are kept per camera and in total under one lock, each event updating both, so a
+    snapshot of the total is always the exact sum of the cameras' snapshots. The single-camera
+    node uses the camera ``""``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = _Books()
+        self._cameras: dict[str, _Books] = {}
+
+    def _books(self, camera: str) -> _Books:
+        books = self._cameras.get(camera)
+        if books is None:
+            books = self._cameras[camera] = _Books()
+        return books
+
+    @property
+    def received(self) -> int:
+        return self._total.received
+
+    @property
+    def processed(self) -> int:
+        return self._total.processed
+
+    def receive(self, camera: str = "") -> None:
         with self._lock:
-            dropped, rejected = dict(self.dropped), dict(self.rejected)
-            accounted = self.processed + sum(dropped.values()) + sum(rejected.values())
-            return {
-                "received": self.received, "processed": self.processed,
-                "dropped": dropped, "rejected": rejected,
-                "dropped_total": sum(dropped.values()), "rejected_total": sum(rejected.values()),
-                "in_flight": self.received - accounted,
-            }
+            self._total.received += 1
+            self._books(camera).received += 1
+
+    def process(self, camera: str = "") -> None:
+        with self._lock:
+            self._total.processed += 1
+            self._books(camera).processed += 1
+
+    def drop(self, reason: str, camera: str = "") -> None:
+        with self._lock:
+            self._total.dropped[reason] += 1
+            self._books(camera).dropped[reason] += 1
+
+    def reject(self, reason: str, camera: str = "") -> None:
+        with self._lock:
+            self._total.rejected[reason] += 1
+            self._books(camera).rejected[reason] += 1
+
+    def snapshot(self, camera: str | None = None) -> dict[str, object]:
+        """The books of ``camera``, or of all cameras together when None."""
+        with self._lock:
+            if camera is None:
+                return self._total.snapshot()
+            return self._cameras.get(camera, _Books()).snapshot()
+
+    def snapshots(self) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+        """The total and every camera's books, taken at one instant (they add up exactly)."""
+        with self._lock:
+            return self._total.snapshot(), {c: b.snapshot() for c, b in self._cameras.items()}
 
 
 class FailureTracker:

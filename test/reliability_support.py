@@ -93,6 +93,9 @@ class FakeEngine:
         ms = (time.perf_counter() - started) * 1e3
         return _Pending(SegmentationResult(labels=labels, timings_ms={"inference": ms}))
 
+    def submit_batch(self, frames: list[np.ndarray], outputs: list[OutputRequest]) -> list[_Pending]:
+        return [self.submit(frame, out) for frame, out in zip(frames, outputs, strict=True)]
+
 
 @dataclass
 class Received:
@@ -188,12 +191,12 @@ class NodeHarness:
         return next(r for r in list(self.labels) if r.frame_id == frame_id)
 
     def wait_received(self, count: int, timeout: float = 30.0) -> None:
-        self.wait_for(lambda: self.node.accounting.received >= count, timeout, f"{count} frames received")
+        self.wait_for(lambda: self.node.scheduler.accounting.received >= count, timeout, f"{count} frames received")
 
     def wait_settled(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until no frame is in flight in the node; return the books."""
-        self.wait_for(lambda: self.node.accounting.snapshot()["in_flight"] == 0, timeout, "in-flight frames")
-        return self.node.accounting.snapshot()
+        self.wait_for(lambda: self.node.scheduler.accounting.snapshot()["in_flight"] == 0, timeout, "in-flight frames")
+        return self.node.scheduler.accounting.snapshot()
 
     def next_diagnostic(self, timeout: float = 5.0) -> Diagnostic:
         """The first diagnostic published after now."""
@@ -353,7 +356,7 @@ def node_capacity(harness: NodeHarness, shape: tuple[int, int], frames: int = 30
     publish_paced(harness, "cal", range(frames), shape, 10.0)
     harness.wait_received(frames)
     harness.wait_settled()
-    per_frame_ms = sum(w.summary()["p50"] for w in harness.node.stage_latency.values())
+    per_frame_ms = sum(w.summary()["p50"] for w in harness.node.scheduler.stage_latency.values())
     return 1000.0 / per_frame_ms
 
 
@@ -392,8 +395,8 @@ def run_overload(harness: NodeHarness, frames: int, shape: tuple[int, int], fact
     """
     capacity = node_capacity(harness, shape)
     harness.labels.clear()
-    received_before = harness.node.accounting.received
-    books_before = harness.node.accounting.snapshot()
+    received_before = harness.node.scheduler.accounting.received
+    books_before = harness.node.scheduler.accounting.snapshot()
     rate = factor * capacity
     stamps: dict[str, int] = {}
     rss_start = rss_mb()
@@ -441,7 +444,7 @@ def run_overload(harness: NodeHarness, frames: int, shape: tuple[int, int], fact
         "rejected": {k: v - books_before["rejected"].get(k, 0) for k, v in books["rejected"].items()
                      if v - books_before["rejected"].get(k, 0)},
     }
-    inference = harness.node.stage_latency["inference"].summary()
+    inference = harness.node.scheduler.stage_latency["inference"].summary()
     return {
         "frame_shape": list(shape),
         "capacity_fps": capacity,
@@ -497,7 +500,7 @@ def run_soak(harness: NodeHarness, frames: int, shape: tuple[int, int], rate_hz:
             "python_threads": threading.active_count(),
             "native_threads": len(os.listdir("/proc/self/task")),
             "traced_mb": tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else float("nan"),
-            "gpu_mb": harness.node.engine.memory_allocated_mb() or float("nan"),
+            "gpu_mb": harness.node.scheduler.engine.memory_allocated_mb() or float("nan"),
         }
         samples.append(entry)
         if trace and len(samples) == 1:

@@ -135,12 +135,12 @@ def test_malformed_frames_are_counted_and_next_frame_served(io, node) -> None:  
     bad_step = make_image(_rgb(30, 40, 3), "rgb8", _stamp(), "cam")
     bad_step.step = 40  # smaller than width * 3
     zero = Image(height=0, width=0, encoding="rgb8", step=0)
-    before = node.accounting.snapshot()["rejected"]
+    before = node.scheduler.accounting.snapshot()["rejected"]
     for msg in (truncated, unknown, bad_step, zero):
         publisher.publish(msg)
     labels = _send(io, good)
     assert labels.header.stamp == good.header.stamp
-    after = node.accounting.snapshot()["rejected"]
+    after = node.scheduler.accounting.snapshot()["rejected"]
     for reason in ("data_length", "encoding", "step", "zero_size"):
         assert after.get(reason, 0) == before.get(reason, 0) + 1, reason
     n = len(diagnostics)
@@ -224,6 +224,6 @@ def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeyp
         publisher.publish(good)
         assert wait_for(lambda: any(m.header.stamp == good.header.stamp for m in labels))
         assert calls == ["bgr8->rgb8"]  # the truncated frame never reached cv_bridge
-        assert node.accounting.snapshot()["rejected"].get("data_length") == 1
+        assert node.scheduler.accounting.snapshot()["rejected"].get("data_length") == 1
     finally:
         ros.remove(node)

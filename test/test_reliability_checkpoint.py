@@ -106,7 +106,7 @@ def test_without_fail_fast_the_node_stays_up_reports_error_and_recovers(tmp_path
     broken.write_bytes(good.read_bytes()[:4096])
     torch.save(build_model("regseg", 7).state_dict(), wrong_classes)
     with NodeHarness({"fail_fast": False, "weights": str(broken)}) as h:
-        assert h.node.engine is None
+        assert h.node.scheduler.engine is None
         error = h.wait_level(ERROR)
         assert "model not loaded" in error.message and "CorruptCheckpointError" in error.message
         assert str(broken) in error.message
@@ -116,15 +116,15 @@ def test_without_fail_fast_the_node_stays_up_reports_error_and_recovers(tmp_path
 
         # Fixing the parameter at runtime loads the model: serving and OK again.
         assert h.node.set_parameters([Parameter("weights", value=str(good))])[0].successful
-        h.wait_for(lambda: h.node.engine is not None, 60.0, "model load")
+        h.wait_for(lambda: h.node.scheduler.engine is not None, 60.0, "model load")
         h.publisher.publish(image_msg(np.zeros((16, 16, 3), np.uint8), frame_id="served"))
         h.wait_labels("served")
         assert h.wait_level(OK).values["weights"] == str(good)
 
         # A checkpoint for another class count: refused, old model kept, the reason reported.
-        serving = h.node.engine
+        serving = h.node.scheduler.engine
         assert h.node.set_parameters([Parameter("weights", value=str(wrong_classes))])[0].successful
-        h.wait_for(lambda: h.node._loading is None, 60.0, "load attempt")
-        assert h.node.engine is serving and h.node.get_parameter("weights").value == str(good)
+        h.wait_for(lambda: h.node.scheduler.loading is None, 60.0, "load attempt")
+        assert h.node.scheduler.engine is serving and h.node.get_parameter("weights").value == str(good)
         warn = h.wait_level(WARN)
         assert "ClassCountMismatchError" in warn.message and "7 classes" in warn.message

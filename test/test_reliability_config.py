@@ -63,7 +63,7 @@ def test_invalid_startup_values_are_refused_with_the_reason(context, overrides, 
     # Nothing half-made is left behind: the same name starts cleanly in the same context.
     node = SegmentationNode(parameter_overrides=[Parameter(k, value=v) for k, v in CPU_PARAMS.items()],
                             context=context, engine_factory=_fake)
-    assert node.engine is not None
+    assert node.scheduler.engine is not None
     node.destroy_node()
 
 
@@ -97,10 +97,10 @@ def fake_harness():
 )
 def test_invalid_runtime_values_are_refused_and_change_nothing(fake_harness, name, value, reason) -> None:
     node = fake_harness.node
-    before_values, before_engine = dict(node.values), node.engine
+    before_values, before_engine = dict(node.values), node.scheduler.engine
     result = node.set_parameters([Parameter(name, value=value)])[0]
     assert not result.successful and reason in result.reason
-    assert node.values == before_values and node.engine is before_engine
+    assert node.values == before_values and node.scheduler.engine is before_engine
     assert _plain(node.get_parameter(name).value) == before_values[name]
 
 
@@ -130,18 +130,18 @@ def test_model_swap_loads_in_background_while_the_old_model_serves() -> None:
         return FakeEngine(config)
 
     with NodeHarness(engine_factory=factory) as h:
-        old = h.node.engine
+        old = h.node.scheduler.engine
         result = h.node.set_parameters([Parameter("weights", value="new.pth")])[0]
         assert result.successful
         assert loading.wait(10.0)
         # Loading: the old engine still answers every frame, diagnostics say what is loading.
         assert [_label_of(h, f"during{i}") for i in range(3)] == [0, 0, 0]
-        assert h.node.engine is old
+        assert h.node.scheduler.engine is old
         assert "new.pth" in h.next_diagnostic().values["model_loading"]
         busy = h.node.set_parameters([Parameter("variant", value="exp53_decoder29")])[0]
         assert not busy.successful and "still loading" in busy.reason
         gate.set()
-        h.wait_for(lambda: h.node.engine is not old, 10.0, "swap")
+        h.wait_for(lambda: h.node.scheduler.engine is not old, 10.0, "swap")
         assert _label_of(h, "after") == 100
         assert h.node.values["weights"] == "new.pth" and h.node.get_parameter("weights").value == "new.pth"
         diagnostic = h.next_diagnostic()
@@ -157,11 +157,11 @@ def test_a_failed_load_keeps_the_old_model_reverts_and_reports_why() -> None:
         return FakeEngine(config, label_offset=len(config.weights))
 
     with NodeHarness(engine_factory=factory) as h:
-        old = h.node.engine
+        old = h.node.scheduler.engine
         assert h.node.set_parameters([Parameter("weights", value="missing.pth"),
                                       Parameter("num_classes", value=7)])[0].successful
-        h.wait_for(lambda: h.node._loading is None, 10.0, "load attempt")
-        assert h.node.engine is old
+        h.wait_for(lambda: h.node.scheduler.loading is None, 10.0, "load attempt")
+        assert h.node.scheduler.engine is old
         assert h.node.values["weights"] == "" and h.node.get_parameter("weights").value == ""
         assert h.node.values["num_classes"] == 19 and h.node.get_parameter("num_classes").value == 19
         warn = h.wait_level(WARN)
@@ -170,6 +170,6 @@ def test_a_failed_load_keeps_the_old_model_reverts_and_reports_why() -> None:
         assert _label_of(h, "still_old") == 0
         # A later good load clears the warning.
         assert h.node.set_parameters([Parameter("weights", value="good.pth")])[0].successful
-        h.wait_for(lambda: h.node.engine is not old, 10.0, "swap")
+        h.wait_for(lambda: h.node.scheduler.engine is not old, 10.0, "swap")
         assert _label_of(h, "new") == len("good.pth")
         assert h.wait_level(OK).values.get("reload_error") is None

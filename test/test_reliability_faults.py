@@ -25,18 +25,18 @@ def harness():
 @pytest.fixture(autouse=True)
 def no_hook(harness):
     yield
-    harness.node.before_inference = None
+    harness.node.scheduler.before_inference = None
 
 
 def _send(harness: NodeHarness, frame_id: str, red: int = 0) -> None:
     """Publish one frame and wait until the node has decided its fate (and, when it was served,
     until its labels have arrived)."""
-    received = harness.node.accounting.received
-    processed = harness.node.accounting.processed
+    received = harness.node.scheduler.accounting.received
+    processed = harness.node.scheduler.accounting.processed
     harness.publisher.publish(image_msg(np.full((32, 64, 3), red, np.uint8), frame_id=frame_id))
     harness.wait_received(received + 1)
     harness.wait_settled()
-    if harness.node.accounting.processed > processed:
+    if harness.node.scheduler.accounting.processed > processed:
         harness.wait_labels(frame_id)
 
 
@@ -55,35 +55,35 @@ def _raise_on_red(value: int, exc: Exception):
     ],
 )
 def test_a_failing_frame_is_dropped_counted_and_the_next_one_served(harness, exc, reason) -> None:
-    before = harness.node.accounting.snapshot()
-    harness.node.before_inference = _raise_on_red(13, exc)
+    before = harness.node.scheduler.accounting.snapshot()
+    harness.node.scheduler.before_inference = _raise_on_red(13, exc)
     _send(harness, f"bad_{reason}", red=13)
     _send(harness, f"good_{reason}", red=14)
-    after = harness.node.accounting.snapshot()
+    after = harness.node.scheduler.accounting.snapshot()
     assert after["dropped"].get(reason, 0) == before["dropped"].get(reason, 0) + 1
     assert after["processed"] == before["processed"] + 1
     frame_ids = {r.frame_id for r in list(harness.labels)}
     assert f"good_{reason}" in frame_ids and f"bad_{reason}" not in frame_ids
-    assert harness.node.failures.consecutive == 0
+    assert harness.node.scheduler.failures.consecutive == 0
 
 
 def test_an_exception_raised_inside_the_model_forward_is_contained(harness) -> None:
     def explode(module, inputs):
         raise RuntimeError("fault inside forward")
 
-    before = harness.node.accounting.snapshot()["dropped"].get("inference_error", 0)
-    handle = harness.node.engine.model.register_forward_pre_hook(explode)
+    before = harness.node.scheduler.accounting.snapshot()["dropped"].get("inference_error", 0)
+    handle = harness.node.scheduler.engine.model.register_forward_pre_hook(explode)
     try:
         _send(harness, "inside_forward")
     finally:
         handle.remove()
     _send(harness, "after_forward_fault")
-    assert harness.node.accounting.snapshot()["dropped"]["inference_error"] == before + 1
+    assert harness.node.scheduler.accounting.snapshot()["dropped"]["inference_error"] == before + 1
     assert harness.labels[-1].frame_id == "after_forward_fault"
 
 
 def test_a_burst_of_failures_is_error_and_recovery_returns_to_ok(harness) -> None:
-    harness.node.before_inference = _raise_on_red(99, RuntimeError("model broken"))
+    harness.node.scheduler.before_inference = _raise_on_red(99, RuntimeError("model broken"))
     for i in range(3):
         _send(harness, f"burst{i}", red=99)
     assert "consecutive" not in harness.next_diagnostic().message  # 3 < failure_error_count
@@ -99,7 +99,7 @@ def test_a_burst_of_failures_is_error_and_recovery_returns_to_ok(harness) -> Non
 def test_a_burst_ages_out_after_the_window(harness) -> None:
     assert harness.node.set_parameters([Parameter("failure_window_s", value=0.6)])[0].successful
     try:
-        harness.node.before_inference = _raise_on_red(77, RuntimeError("transient"))
+        harness.node.scheduler.before_inference = _raise_on_red(77, RuntimeError("transient"))
         for i in range(4):
             _send(harness, f"aging{i}", red=77)
         assert harness.wait_level(ERROR).values["consecutive_failures"] == "4"

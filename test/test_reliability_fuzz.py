@@ -64,8 +64,8 @@ def test_ten_thousand_generated_messages_are_all_accounted_for(harness: NodeHarn
     processed_before = books["processed"]
     harness.publisher.publish(image_msg(np.full((24, 40, 3), 7, np.uint8), frame_id="after_fuzz"))
     harness.wait_labels("after_fuzz")
-    assert harness.node.accounting.processed == processed_before + 1
-    assert harness.node._worker.is_alive()
+    assert harness.node.scheduler.accounting.processed == processed_before + 1
+    assert harness.node.scheduler.running
 
 
 def test_max_pixels_rejects_larger_frames_and_is_settable_at_runtime(harness: NodeHarness) -> None:
@@ -75,7 +75,7 @@ def test_max_pixels_rejects_larger_frames_and_is_settable_at_runtime(harness: No
     harness.publisher.publish(image_msg(np.zeros((32, 33, 3), np.uint8), frame_id="too_big"))
     harness.publisher.publish(image_msg(np.zeros((32, 32, 3), np.uint8), frame_id="just_fits"))
     harness.wait_labels("just_fits")
-    assert harness.node.accounting.snapshot()["rejected"]["too_large"] == before + 1
+    assert harness.node.scheduler.accounting.snapshot()["rejected"]["too_large"] == before + 1
     assert not any(r.frame_id == "too_big" for r in list(harness.labels))
     refused = harness.node.set_parameters([Parameter("max_pixels", value=-5)])[0]
     assert not refused.successful and "max_pixels" in refused.reason

@@ -24,7 +24,8 @@ def test_overload_drops_with_reasons_keeps_latency_flat_and_headers_exact() -> N
     params = {"max_age_ms": 500.0, "diagnostics_period": 0.5, **QUIET_LATENCY}
     with NodeHarness(params, input_depth=100) as h:
         result = run_overload(h, frames=450, shape=SHAPE, factor=3.0)
-        reference = SegmentationEngine(h.node.engine.config, model=copy.deepcopy(h.node.engine.model))
+        engine = h.node.scheduler.engine
+        reference = SegmentationEngine(engine.config, model=copy.deepcopy(engine.model))
     books, run = result["books"], result["run"]
     summary = {k: v for k, v in result.items() if k not in ("labels", "messages_during_overload")}
     print(f"\noverload: {summary}")

@@ -239,12 +239,12 @@ def run_live(bag: DriveBag, node_overrides: dict[str, Any], ledger: Ledger, spee
     try:
         node = SegmentationNode(context=context,
                                 parameter_overrides=[Parameter(k, value=v) for k, v in node_overrides.items()])
-        if node.engine is None:
+        if node.scheduler.engine is None:
             raise ValueError(f"the node could not load its model: {node.startup_error}")
         max_pixels = node.values["max_pixels"]
         try:  # warm the engine at the bag's frame size, as a node would be after its first frames
             size = image_msg_to_rgb(first.image, max_pixels).shape[:2]
-            node.engine.warmup(*size)
+            node.scheduler.engine.warmup(*size)
         except ImageRejected:
             pass
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -286,7 +286,7 @@ def run_live(bag: DriveBag, node_overrides: dict[str, Any], ledger: Ledger, spee
         time.sleep(SETTLE_S)
         discovery_s = time.monotonic() - t_discovery
         stats = _replay(first, frames, bag, node, replay, publisher, state, ledger, speed, max_pixels, progress)
-        stats["engine"] = node.engine.description
+        stats["engine"] = node.scheduler.engine.description
         stats["dds"] = {"domain_id": domain, "discovery_s": discovery_s,
                         "discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"),
                         "rmw": rclpy.get_rmw_implementation_identifier()}
@@ -388,10 +388,10 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, node: Any, replay: Any, p
     # outputs, or until nothing has moved for a while (frames lost before reaching the node).
     deadline = time.monotonic() + STRAGGLER_TIMEOUT_S
     last_progress, last_books = time.monotonic(), None
-    books = node.accounting.snapshot()
+    books = node.scheduler.accounting.snapshot()
     while time.monotonic() < deadline:
         drain(timeout=0.05)
-        books = node.accounting.snapshot()
+        books = node.scheduler.accounting.snapshot()
         results = ledger.counts()["evaluated"] + ledger.counts()["not_evaluated"]
         settled = books["in_flight"] == 0 and results >= books["processed"]
         if settled and books["received"] >= published:
@@ -405,7 +405,7 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, node: Any, replay: Any, p
         _give_up(pending.pop(stamp))
     bar.set_postfix(ledger.counts(), refresh=False)
     bar.close()
-    books = node.accounting.snapshot()
+    books = node.scheduler.accounting.snapshot()
     returned = ledger.counts()["evaluated"] + ledger.counts()["not_evaluated"]
     transport_lost = max(0, published - books["received"])
     not_returned = published - returned
@@ -425,8 +425,8 @@ def _replay(first: BagFrame, rest: Any, bag: DriveBag, node: Any, replay: Any, p
             "all_accounted": not_returned == explained and books["processed"] == returned
                              and books["in_flight"] == 0,
         },
-        "stages_ms": {s: _summary(node.stage_latency[s].summary()) for s in STAGES},
-        "node_end_to_end_ms": _summary(node.end_to_end.summary()),
+        "stages_ms": {s: _summary(w.summary()) for s, w in list(node.scheduler.stage_latency.items())},
+        "node_end_to_end_ms": _summary(node.scheduler.end_to_end.summary()),
         "frame_latency_ms": percentiles(e2e),
         "frame_latency_kind": "end-to-end: header stamp (set at publish) -> labels received",
         "throughput_fps": (returned - 1) / output_span if output_span > 0 else 0.0,

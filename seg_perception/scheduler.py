@@ -1,0 +1,473 @@
+"""Frame scheduling between camera subscriptions and one shared engine, without ROS.
+
+The node hands every received frame to a :class:`Scheduler` and gets results back through a
+callback; everything in between lives here, so it is unit-tested with fake engines and no DDS:
+
+* **slots**: each camera has a latest-frame slot. A frame replaced before the worker takes it is
+  dropped (``superseded``), so a flooded camera never queues and never starves the others, and a
+  slow camera never blocks them;
+* **batching**: each cycle the worker takes the newest pending frame of every camera that has one
+  (at most ``max_batch_size``, in round-robin order so every camera gets its turn) and submits them
+  to the engine as one batch. Once one frame is pending, the cycle waits at most ``batch_wait_ms``
+  for the other cameras: a longer wait batches more cameras per model run (fewer, larger runs: more
+  throughput on a GPU) at the price of that much extra latency for the frame that came first;
+* **accounting**: every frame ends processed, dropped with a reason or rejected with a reason, per
+  camera and in total (:class:`~seg_perception.stats.FrameAccounting`);
+* **engine lifecycle**: the serving engine, a background load of a new one while the old one
+  serves, the swap (one reference assignment between batches), and the failure report when a
+  load fails.
+
+The worker thread never lets an exception escape, and a frame that fails (conversion, the fault
+hook, the engine) fails alone: when a batch of several frames fails, its frames are retried one
+by one so a bad frame of one camera never costs another camera its frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .engine import OutputRequest, SegmentationResult, recover_from_failure
+from .image_conversion import ImageRejected
+from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds the worker waits for a first frame before checking for shutdown again.
+IDLE_WAIT_S = 0.1
+
+
+class PendingFrame(Protocol):
+    """One submitted frame; ``result`` waits for it (and raises its failure)."""
+
+    def result(self) -> SegmentationResult: ...
+
+
+class Engine(Protocol):
+    """What the scheduler needs from an engine (``SegmentationEngine`` or a test fake)."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when ``submit_batch`` returns before the work is done (CUDA streams)."""
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """What is running (model, device, precision, ...), for diagnostics."""
+
+    def submit_batch(self, frames: Sequence[np.ndarray], outputs: Sequence[OutputRequest]) -> list[PendingFrame]:
+        """Queue uint8 HxWx3 RGB frames; one pending result per frame, in order."""
+
+    def memory_allocated_mb(self) -> float | None:
+        """GPU memory held by tensors, None on the CPU."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A received frame: ``payload`` is the message, opaque to the scheduler."""
+
+    camera: str
+    payload: Any
+    #: Header stamp (0 when the sender left it empty) and local receive time, both in the
+    #: scheduler clock's nanoseconds.
+    stamp_ns: int
+    received_ns: int
+
+
+@dataclass(frozen=True)
+class CameraPolicy:
+    """How one camera's frames are served right now (read once per frame)."""
+
+    #: Frames older than this when their batch starts are dropped (``stale``); 0 = never.
+    max_age_ms: float = 0.0
+    outputs: OutputRequest = OutputRequest()
+
+
+@dataclass
+class CameraStats:
+    """Rates, latency and liveness of one camera (its frame books are in the accounting)."""
+
+    end_to_end: LatencyWindow
+    input_rate: RateMeter = field(default_factory=RateMeter)
+    output_rate: RateMeter = field(default_factory=RateMeter)
+    #: ``time.monotonic()`` of the last frame received (any outcome); None before the first.
+    last_received: float | None = None
+
+    def silent_s(self, now: float | None = None) -> float | None:
+        """Seconds since the last frame, or None when none has arrived yet."""
+        if self.last_received is None:
+            return None
+        return (time.monotonic() if now is None else now) - self.last_received
+
+
+@dataclass
+class _Started:
+    frame: Frame
+    pending: PendingFrame
+
+
+class FrameSlots:
+    """Latest-frame slots, one per camera, behind one condition variable."""
+
+    def __init__(self, cameras: Sequence[str]) -> None:
+        self._order = list(cameras)
+        self._frames: dict[str, Frame | None] = dict.fromkeys(self._order)
+        self._next = 0  # round-robin: the camera served first in the next cycle
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, frame: Frame) -> Frame | None:
+        """Store ``frame`` in its camera's slot; return the frame that will never be processed,
+        if any: the one it replaced, or ``frame`` itself once the slots are closed."""
+        with self._cond:
+            if self._closed:
+                return frame
+            replaced, self._frames[frame.camera] = self._frames[frame.camera], frame
+            self._cond.notify_all()
+            return replaced
+
+    def _pending(self) -> int:
+        return sum(frame is not None for frame in self._frames.values())
+
+    def take(self, timeout: float, wait_s: float = 0.0, limit: int = 0) -> list[Frame]:
+        """The newest frame of up to ``limit`` (0 = all) cameras.
+
+        Waits up to ``timeout`` for a first frame; then up to ``wait_s`` more until every camera
+        (or ``limit`` cameras) has one. Cameras are served in rotating order, so with a limit
+        smaller than the number of waiting cameras none waits more than one extra cycle.
+        """
+        with self._cond:
+            if not self._pending() and not self._closed:
+                self._cond.wait_for(lambda: self._pending() > 0 or self._closed, timeout)
+            if not self._pending():
+                return []
+            enough = min(limit or len(self._order), len(self._order))
+            if wait_s > 0 and self._pending() < enough:
+                self._cond.wait_for(lambda: self._pending() >= enough or self._closed, wait_s)
+            taken: list[Frame] = []
+            count, start = len(self._order), self._next
+            for offset in range(count):
+                index = (start + offset) % count
+                frame = self._frames[self._order[index]]
+                if frame is None:
+                    continue
+                self._frames[self._order[index]] = None
+                taken.append(frame)
+                self._next = (index + 1) % count
+                if len(taken) == enough:
+                    break
+            return taken
+
+    def close(self) -> list[Frame]:
+        """Refuse further frames; return those still waiting (they will not be processed)."""
+        with self._cond:
+            self._closed = True
+            waiting = [f for f in self._frames.values() if f is not None]
+            self._frames = dict.fromkeys(self._order)
+            self._cond.notify_all()
+            return waiting
+
+
+def _default_log(level: int, message: str) -> None:
+    LOG.log(level, message)
+
+
+class Scheduler:
+    """Slots per camera, one worker, batched inference, frame accounting and engine swaps.
+
+    The owner (the node, a test) provides:
+
+    * ``convert(frame) -> RGB array``: turns a frame's payload into a uint8 HxWx3 array, in the
+      worker; raising :class:`~seg_perception.image_conversion.ImageRejected` rejects the frame;
+    * ``publish(frame, result)``: delivers a result; raising drops the frame (``publish_error``);
+    * ``policy(camera) -> CameraPolicy``: age limit and outputs, read per frame so runtime
+      parameter changes apply to the next frame;
+    * ``clock_ns``: the clock of the frames' stamps (the node's ROS clock);
+    * ``log(level, message)``: where problems are reported (rate-limited by the owner).
+
+    ``before_inference`` is a fault-injection hook for tests: called with each frame's RGB array
+    just before submission; whatever it raises is that frame's inference failure.
+    """
+
+    def __init__(
+        self,
+        cameras: Sequence[str],
+        *,
+        convert: Callable[[Frame], np.ndarray],
+        publish: Callable[[Frame, SegmentationResult], None],
+        policy: Callable[[str], CameraPolicy] = lambda camera: CameraPolicy(),
+        clock_ns: Callable[[], int] = time.time_ns,
+        batch_wait_ms: float = 2.0,
+        max_batch_size: int = 0,
+        latency_window: int = 300,
+        failures: FailureTracker | None = None,
+        log: Callable[[int, str], None] = _default_log,
+    ) -> None:
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise ValueError(f"cameras must be distinct and at least one, got {list(cameras)[:16]}")
+        self.cameras: tuple[str, ...] = tuple(cameras)
+        self.convert, self.publish, self.policy = convert, publish, policy
+        self.clock_ns, self.log = clock_ns, log
+        #: Read every cycle, so they may be changed while running.
+        self.batch_wait_ms, self.max_batch_size = batch_wait_ms, max_batch_size
+        self.before_inference: Callable[[np.ndarray], None] | None = None
+
+        self.accounting = FrameAccounting()
+        self.failures = failures or FailureTracker()
+        self._window = latency_window
+        #: Per-stage engine latency, one window per key found in results' ``timings_ms``.
+        self.stage_latency: dict[str, LatencyWindow] = {}
+        #: End-to-end latency (header stamp -> result published) over all cameras.
+        self.end_to_end = LatencyWindow(latency_window)
+        #: The batch size each processed frame ran in.
+        self.batch_sizes = LatencyWindow(latency_window)
+        self.camera_stats: dict[str, CameraStats] = {
+            camera: CameraStats(LatencyWindow(latency_window)) for camera in self.cameras
+        }
+
+        self._engine: Engine | None = None
+        self.loading: str | None = None
+        self.startup_error: str | None = None
+        self.reload_error: str | None = None
+        self._engine_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+
+        self._slots = FrameSlots(self.cameras)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="seg_worker", daemon=True)
+
+    # -- engine -------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine | None:
+        """The engine serving now (None until one is installed)."""
+        return self._engine
+
+    def install(self, engine: Engine) -> None:
+        """Serve ``engine`` from the next batch on; clears load errors."""
+        with self._engine_lock:
+            self._engine = engine
+            self.startup_error = self.reload_error = None
+        self.failures.success()
+
+    def load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None = None,
+             on_failed: Callable[[str], None] | None = None,
+             completion_lock: AbstractContextManager[Any] | None = None) -> bool:
+        """Build an engine in the background while the current one serves, then swap it in.
+
+        Returns False (and starts nothing) while another load is running. On failure the
+        current engine keeps serving, ``reload_error`` says why, and ``on_failed(reason)`` runs
+        before ``loading`` clears (the node puts its parameters back there). ``on_loaded`` runs
+        right after the swap. ``completion_lock`` is held while the outcome is applied (swap, or
+        failure report and ``on_failed``), so the owner can keep a load from completing in the
+        middle of its own multi-step update (the node: a set request of several parameters).
+        """
+        with self._engine_lock:
+            if self.loading is not None or self._stop.is_set():
+                return False
+            self.loading = label
+            self._loader = threading.Thread(target=self._load, args=(label, build, on_loaded, on_failed,
+                                                                         completion_lock or nullcontext()),
+                                            name="seg_model_loader", daemon=True)
+            self._loader.start()
+        return True
+
+    def _load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None,
+              on_failed: Callable[[str], None] | None, completion_lock: AbstractContextManager[Any]) -> None:
+        try:
+            engine: Engine | None = build()
+            reason = ""
+        except Exception as exc:  # noqa: BLE001 - every load failure is reported, none kills us
+            engine, reason = None, f"{type(exc).__name__}: {exc}"
+        with completion_lock:
+            if engine is None:
+                self._load_failed(label, reason, on_failed)
+                return
+            with self._engine_lock:
+                self.loading = None
+                if self._stop.is_set():
+                    return
+                self._engine = engine  # the swap: the worker picks it up with its next batch
+                self.startup_error = self.reload_error = None
+            self.failures.success()
+            if on_loaded is not None:
+                on_loaded()
+        self.log(logging.INFO, f"now serving {label}: {engine.description}")
+
+    def _load_failed(self, label: str, reason: str, on_failed: Callable[[str], None] | None) -> None:
+        self.reload_error = f"{label}: {reason}"
+        self.log(logging.ERROR, f"could not load {label}: {reason}; the current model keeps serving")
+        try:
+            if on_failed is not None and not self._stop.is_set():
+                on_failed(reason)
+        except Exception as exc:  # noqa: BLE001 - e.g. the node is being destroyed
+            self.log(logging.WARNING, f"after the failed load: {exc!r}")
+        finally:
+            self.loading = None
+
+    # -- input --------------------------------------------------------------------------------
+    def _arrived(self, camera: str) -> CameraStats:
+        stats = self.camera_stats[camera]
+        self.accounting.receive(camera)
+        stats.input_rate.tick()
+        stats.last_received = time.monotonic()
+        return stats
+
+    def put(self, camera: str, payload: Any, stamp_ns: int, received_ns: int | None = None) -> None:
+        """A valid-looking frame of ``camera`` arrived: it replaces the camera's waiting frame."""
+        self._arrived(camera)
+        if self._engine is None:
+            self.accounting.drop("model_not_loaded", camera)
+            return
+        frame = Frame(camera, payload, stamp_ns, self.clock_ns() if received_ns is None else received_ns)
+        lost = self._slots.put(frame)
+        if lost is frame:
+            self.accounting.drop("shutdown", camera)
+        elif lost is not None:
+            self.accounting.drop("superseded", camera)
+
+    def reject(self, camera: str, reason: str) -> None:
+        """A frame of ``camera`` arrived and was refused before queueing (bad fields)."""
+        self._arrived(camera)
+        self.accounting.reject(reason, camera)
+
+    def frame_age_ms(self, stamp_ns: int, received_ns: int, now_ns: int) -> float:
+        """Age of a frame at ``now_ns``: from its header stamp, or from its arrival when the
+        sender left the stamp empty."""
+        return (now_ns - (stamp_ns or received_ns)) / 1e6
+
+    # -- worker -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive."""
+        return self._worker.is_alive()
+
+    def _work(self) -> None:
+        """Take batches until shutdown; on an asynchronous engine keep one batch in flight, so
+        the next batch's upload overlaps the current one's inference."""
+        in_flight: list[_Started] = []
+        while not self._stop.is_set():
+            try:
+                frames = self._slots.take(0.0 if in_flight else IDLE_WAIT_S, self.batch_wait_ms / 1e3,
+                                          self.max_batch_size)
+                engine = self._engine
+                started = self._start(frames, engine) if frames else []
+                if in_flight:
+                    self._finish(in_flight)
+                in_flight = started
+                if in_flight and not (engine is not None and engine.asynchronous):
+                    self._finish(in_flight)
+                    in_flight = []
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any bug in a frame
+                in_flight = []
+                self.log(logging.ERROR, f"worker error: {exc!r}")
+        if in_flight:
+            self._finish(in_flight)
+
+    def _start(self, frames: list[Frame], engine: Engine | None) -> list[_Started]:
+        """Check, convert and submit ``frames`` as one batch; each frame that cannot be
+        submitted is accounted for here."""
+        if engine is None:  # not reachable after startup: frames are refused in put()
+            for frame in frames:
+                self.accounting.drop("model_not_loaded", frame.camera)
+            return []
+        now_ns = self.clock_ns()
+        ready: list[tuple[Frame, np.ndarray, OutputRequest]] = []
+        for frame in frames:
+            try:
+                policy = self.policy(frame.camera)
+                if policy.max_age_ms > 0 and self.frame_age_ms(frame.stamp_ns, frame.received_ns,
+                                                               now_ns) > policy.max_age_ms:
+                    self.accounting.drop("stale", frame.camera)
+                    continue
+                rgb = self.convert(frame)
+                if self.before_inference is not None:
+                    self.before_inference(rgb)
+            except ImageRejected as exc:
+                self.accounting.reject(exc.reason, frame.camera)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
+                self._fail(frame, exc)
+                continue
+            ready.append((frame, rgb, policy.outputs))
+        if not ready:
+            return []
+        try:
+            pending = engine.submit_batch([rgb for _, rgb, _ in ready], [out for _, _, out in ready])
+            return [_Started(frame, p) for (frame, _, _), p in zip(ready, pending, strict=True)]
+        except Exception as exc:  # noqa: BLE001
+            if len(ready) == 1:
+                self._fail(ready[0][0], exc)
+                return []
+        started = []
+        for frame, rgb, outputs in ready:  # isolate the failing frame: one at a time
+            try:
+                started.append(_Started(frame, engine.submit_batch([rgb], [outputs])[0]))
+            except Exception as exc:  # noqa: BLE001
+                self._fail(frame, exc)
+        return started
+
+    def _finish(self, started: list[_Started]) -> None:
+        for item in started:
+            frame = item.frame
+            try:
+                result = item.pending.result()
+            except Exception as exc:  # noqa: BLE001
+                self._fail(frame, exc)
+                continue
+            try:
+                self.publish(frame, result)
+            except Exception as exc:  # noqa: BLE001 - e.g. the context shut down under us
+                stopping = self._stop.is_set()
+                self.accounting.drop("shutdown" if stopping else "publish_error", frame.camera)
+                if not stopping:
+                    self.log(logging.ERROR, f"publish failed, frame dropped: {exc!r}")
+                continue
+            self._processed(frame, result)
+
+    def _processed(self, frame: Frame, result: SegmentationResult) -> None:
+        self.accounting.process(frame.camera)
+        self.failures.success()
+        stats = self.camera_stats[frame.camera]
+        stats.output_rate.tick()
+        for stage, ms in result.timings_ms.items():
+            window = self.stage_latency.get(stage)
+            if window is None:
+                window = self.stage_latency.setdefault(stage, LatencyWindow(self._window))
+            window.add(ms)
+        self.batch_sizes.add(getattr(result, "batch_size", 1))
+        age = self.frame_age_ms(frame.stamp_ns, frame.received_ns, self.clock_ns())
+        self.end_to_end.add(age)
+        stats.end_to_end.add(age)
+
+    def _fail(self, frame: Frame, exc: Exception) -> None:
+        if self._stop.is_set():
+            self.accounting.drop("shutdown", frame.camera)
+            return
+        self.accounting.drop(recover_from_failure(exc), frame.camera)
+        self.failures.failure(f"{type(exc).__name__}: {exc}"[:500])
+        self.log(logging.ERROR, f"inference failed, frame of camera {frame.camera!r} dropped: "
+                                f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def stop(self, timeout: float) -> bool:
+        """Stop the worker (it finishes the batch it holds); frames still waiting are dropped
+        (``shutdown``). Waits at most ``timeout`` s in all; False when the worker is still busy."""
+        started = time.monotonic()
+        self._stop.set()
+        for frame in self._slots.close():
+            self.accounting.drop("shutdown", frame.camera)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        loader = self._loader
+        if loader is not None:
+            loader.join(max(0.0, started + timeout - time.monotonic()))
+        return not self._worker.is_alive()
