@@ -10,6 +10,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "bench"]),
+    # The shipped demo checkpoint and its model card (``weights:=synthetic_street``).
+    package_data={PACKAGE: ["weights/*.pt", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -20,7 +22,7 @@ setup(
     install_requires=["numpy", "pyyaml", "torch", "torchvision", "timm", "opencv-python-headless",
                       "rosbags", "tqdm", "matplotlib"],
     extras_require={"crf": ["pydensecrf2"], "test": ["pytest", "hypothesis", "cityscapesscripts"]},
-    zip_safe=True,
+    zip_safe=False,  # weights are opened as files
     maintainer="seg_perception maintainers",
     maintainer_email="seg-perception@example.com",
     description="Real-time semantic segmentation node for ROS 2",

@@ -81,7 +81,7 @@ def test_training_reduces_the_loss_and_writes_outputs(runs: dict[str, Path]) -> 
     out = runs["straight"]
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 8
-    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
     for name in ("best.pth", "last.pth", "loss.png", "val_miou.png"):
         assert (out / name).stat().st_size > 0, name
     assert read_checkpoint(out / "best.pth")["meta"]["val_miou"] is not None
@@ -131,6 +131,12 @@ ignore: [0, 1, 11, 17, 19, 20, 21, 22, 23, 24, 25]
 """
 
 
+def test_class_balance_weights_rare_classes_more() -> None:
+    weights = trainer.class_weights(np.array([1000, 10, 0, 100]), "sqrt")
+    assert weights[1] > weights[3] > weights[0] and weights[2] == 1.0
+    assert trainer.class_weights(np.array([1, 2]), "none") is None
+
+
 def test_label_mapping_trains_a_custom_class_set(drive: Path, tmp_path: Path) -> None:
     (tmp_path / "map.yaml").write_text(MAPPING)
     train(_config(drive, tmp_path, iterations=1, val_every=1, warmup=0, label_mapping=str(tmp_path / "map.yaml")))
@@ -143,6 +149,38 @@ def test_label_mapping_trains_a_custom_class_set(drive: Path, tmp_path: Path) ->
     assert engine.palette.tolist() == [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
     labels = engine.infer(np.zeros((*SIZE, 3), np.uint8)).labels
     assert labels.max() < 3
+
+
+@pytest.mark.ros
+def test_node_class_names_follow_the_checkpoint(drive: Path, runs: dict[str, Path], tmp_path: Path) -> None:
+    import rclpy
+    from rclpy.parameter import Parameter
+    from ros_harness import wait_for
+
+    from seg_perception.node import SegmentationNode
+
+    (tmp_path / "map.yaml").write_text(MAPPING)
+    train(_config(drive, tmp_path, iterations=1, val_every=1, warmup=0, label_mapping=str(tmp_path / "map.yaml")))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        overrides = [Parameter("device", value="cpu"), Parameter("precision", value="fp32"),
+                     Parameter("num_classes", value=3), Parameter("weights", value=str(tmp_path / "best.pth"))]
+        node = SegmentationNode(parameter_overrides=overrides, context=context)
+        try:
+            assert node.get_parameter("class_names").value == ["drivable", "walkable", "vehicle"]
+            assert node.get_parameter("palette").value.tolist() == [10, 20, 30, 40, 50, 60, 70, 80, 90]
+            # a runtime switch to a Cityscapes checkpoint brings the Cityscapes names back
+            results = node.set_parameters([Parameter("num_classes", value=19),
+                                           Parameter("weights", value=str(runs["straight"] / "best.pth"))])
+            assert all(r.successful for r in results), results
+            assert wait_for(lambda: len(node.get_parameter("class_names").value) == 19, timeout=60)
+            assert node.get_parameter("class_names").value == list(CLASS_NAMES)
+        finally:
+            node.stop()
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 def test_init_from_another_class_count_keeps_the_body(drive: Path, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model=args.model, variant=args.variant, model_options=parse_yaml_mapping(args.model_options),
         label_mapping=args.label_mapping, iterations=args.iterations, batch_size=args.batch_size,
         crop=args.crop, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        warmup=args.warmup, init=args.init, resume=args.resume, val_every=args.val_every,
+        warmup=args.warmup, class_balance=args.class_balance, init=args.init, resume=args.resume,
+        val_every=args.val_every,
         num_workers=args.num_workers, seed=args.seed, device=args.device, image_topic=args.image_topic,
         gt_topic=args.gt_topic, progress=not args.no_progress,
     )
@@ -52,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: sgd 0.02, adamw 1e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default: 10%%, at most 1000)")
+    p.add_argument("--class-balance", default="none", choices=("none", "sqrt"),
+                   help="none: plain cross-entropy (paper); sqrt: weight rare classes by sqrt(median/frequency)")
     p.add_argument("--init", default=None, help="start from these weights (file or shipped name)")
     p.add_argument("--resume", default=None, help="continue a run from its last.pth")
     p.add_argument("--val-every", type=int, default=500, help="validate and save every K iterations")

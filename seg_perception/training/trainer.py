@@ -43,6 +43,9 @@ from .data import AugmentedCrops, Frames, Sample, check_samples, collect_samples
 from .labels import LabelMapping, cityscapes_mapping, load_label_mapping
 
 OPTIMIZERS = ("sgd", "adamw")
+CLASS_BALANCE = ("none", "sqrt")
+#: Largest loss weight ``--class-balance sqrt`` gives a rare class.
+MAX_CLASS_WEIGHT = 10.0
 DEFAULT_LR = {"sgd": 0.02, "adamw": 1e-3}
 POLY_POWER = 0.9
 
@@ -71,6 +74,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     warmup: int | None = None
+    class_balance: str = "none"
     init: str | None = None
     resume: str | None = None
     val_every: int = 500
@@ -93,6 +97,9 @@ class TrainConfig:
             raise TrainConfigError(f"crop must be at least 16x16, got {self.crop[0]}x{self.crop[1]}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.class_balance not in CLASS_BALANCE:
+            raise TrainConfigError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, "
+                                   f"got {self.class_balance!r}")
         if self.lr is not None and not self.lr > 0:
             raise TrainConfigError(f"lr must be > 0, got {self.lr}")
         if self.warmup is not None and not 0 <= self.warmup < self.iterations:
@@ -114,6 +121,20 @@ def learning_rate(iteration: int, base_lr: float, total: int, warmup: int) -> fl
     if iteration < warmup:
         return base_lr * (iteration + 1) / warmup
     return base_lr * (1.0 - (iteration - warmup) / max(1, total - warmup)) ** POLY_POWER
+
+
+def class_weights(pixel_counts: np.ndarray, mode: str) -> torch.Tensor | None:
+    """Loss weight per class: ``sqrt`` gives ``sqrt(median frequency / frequency)`` (at most
+    :data:`MAX_CLASS_WEIGHT`; absent classes 1), so thin classes (poles, signs) are learnt in a short
+    schedule instead of being drowned by road and sky; ``none`` is the paper's plain loss."""
+    if mode == "none":
+        return None
+    present = pixel_counts > 0
+    weights = np.ones(len(pixel_counts))
+    if present.any():
+        freq = pixel_counts[present] / pixel_counts[present].sum()
+        weights[present] = np.minimum(np.sqrt(np.median(freq) / freq), MAX_CLASS_WEIGHT)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 @dataclass
@@ -285,6 +306,9 @@ def train(config: TrainConfig) -> TrainResult:
     elif config.init:
         print(_init_weights(model, config.init))
     model.to(device).train()
+    weights = class_weights(counts, config.class_balance)
+    if weights is not None:
+        weights = weights.to(device)
     if start >= config.iterations:
         raise TrainConfigError(f"--resume checkpoint is at iteration {start}; nothing to do for "
                                f"--iterations {config.iterations}")
@@ -318,7 +342,7 @@ def train(config: TrainConfig) -> TrainResult:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 logits = model(x)
                 if (y != IGNORE_INDEX).any():
-                    loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+                    loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE_INDEX)
                 else:  # an all-ignored batch: no gradient, and no NaN
                     loss = logits.float().sum() * 0.0
             optimizer.zero_grad(set_to_none=True)
