@@ -171,9 +171,9 @@ def test_node_class_names_follow_the_checkpoint(drive: Path, runs: dict[str, Pat
             assert node.get_parameter("class_names").value == ["drivable", "walkable", "vehicle"]
             assert list(node.get_parameter("palette").value) == [10, 20, 30, 40, 50, 60, 70, 80, 90]
             # a runtime switch to a Cityscapes checkpoint brings the Cityscapes names back
-            results = node.set_parameters([Parameter("num_classes", value=19),
-                                           Parameter("weights", value=str(runs["straight"] / "best.pth"))])
-            assert all(r.successful for r in results), results
+            result = node.set_parameters_atomically([
+                Parameter("num_classes", value=19), Parameter("weights", value=str(runs["straight"] / "best.pth"))])
+            assert result.successful, result.reason
             assert wait_for(lambda: len(node.get_parameter("class_names").value) == 19, timeout=60)
             assert node.get_parameter("class_names").value == list(CLASS_NAMES)
         finally:
