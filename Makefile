@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/seg-perception demo --out out/demo
+	$(VENV)/bin/seg-perception demo --out out/demo --weights synthetic_street
 
 bench: $(STAMP)
 	$(VENV)/bin/seg-perception bench --model regseg --size 512x1024 --device auto

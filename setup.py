@@ -10,6 +10,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "bench"]),
+    # The shipped demo checkpoint and its model card (``weights:=synthetic_street``).
+    package_data={PACKAGE: ["weights/*.pt", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -24,7 +26,7 @@ setup(
     extras_require={"crf": ["pydensecrf2"], "cluster": ["ray[default]"], "gpu": ["onnxruntime-gpu"],
                     "tensorrt": ["onnxruntime-gpu", "tensorrt"],
                     "test": ["pytest", "hypothesis", "cityscapesscripts", "ray"]},
-    zip_safe=True,
+    zip_safe=False,  # weights are opened as files
     maintainer="seg_perception maintainers",
     maintainer_email="seg-perception@example.com",
     description="Real-time semantic segmentation node for ROS 2",

@@ -99,8 +99,9 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Functions that add the evaluation and data subcommands to the parser."""
     from .backends.commands import register as register_export
     from .evaluation.commands import register
+    from .training.command import register as register_train
 
-    return [register, register_export]
+    return [register, register_export, register_train]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends import backend_problem, build_network, resolve_backend
-from .cityscapes import PALETTE
+from .cityscapes import CLASS_NAMES, PALETTE
 from .models import build_model, count_parameters, load_checkpoint
+from .models.checkpoint import checkpoint_labels
 from .preparation import CAPTURE_LOCK, SERVING, PreparedCache, Preparer, yielding_to_serving
 
 LOG = logging.getLogger(__name__)
@@ -369,7 +370,12 @@ class SegmentationEngine:
         self.crf = self._build_crf(config)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._palette = torch.from_numpy(_palette_for(config.num_classes)).to(self.device)
+        labels = checkpoint_labels(self.model)
+        #: Class names and colours of the label ids: those recorded in the checkpoint (a model
+        #: trained on a custom class set), else Cityscapes'. The node publishes them.
+        self.class_names, self.palette = labels or (_class_names_for(config.num_classes),
+                                                    _palette_for(config.num_classes))
+        self._palette = torch.from_numpy(self.palette).to(self.device)
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
@@ -417,6 +423,7 @@ class SegmentationEngine:
             "precision": self.precision,
             "parameters": self.num_parameters,
             "weights": self.config.weights or "(random init)",
+            "classes": len(self.class_names),
             "crf": self.config.crf,
             "compile": self.config.compile,
             "backend": self.backend if self.backend == "torch" else self._forward.name,
@@ -837,6 +844,11 @@ class _CapturedPipeline:
         self.outputs: list[dict[str, torch.Tensor]] = []
         if engine.crf is None:
             self.postprocess, self.outputs = _capture_graph(lambda: postprocess(self.logits), pool)
+
+
+def _class_names_for(num_classes: int) -> tuple[str, ...]:
+    """Cityscapes' names for 19 classes; ``class_<i>`` beyond them."""
+    return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(num_classes))
 
 
 def _palette_for(num_classes: int) -> np.ndarray:

@@ -222,6 +222,7 @@ class SegmentationNode(Node):
         self._requested = dict(self._serving)
         try:
             self.scheduler.install(self._build_engine(self.values))
+            self._publish_labels()
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
@@ -584,11 +585,26 @@ class SegmentationNode(Node):
 
         def loaded() -> None:
             self._serving = wanted
+            self._publish_labels()
 
         if not self.scheduler.load(_model_label(snapshot), lambda: self._build_engine(snapshot),
                                    on_loaded=loaded, on_failed=self._revert, completion_lock=self._set_lock):
             self._log(logging.ERROR, "a model load is already running; the new model parameters "
                                      "take effect with the next model change")
+
+    def _publish_labels(self) -> None:
+        """Point the read-only ``class_names``/``palette`` at the serving model's labels (a
+        checkpoint trained on a custom class set records its own). The node's own update, so the
+        read-only check is bypassed by passing the descriptors, as rclpy does when declaring."""
+        engine = self.scheduler.engine
+        names, palette = getattr(engine, "class_names", None), getattr(engine, "palette", None)
+        if names is None or palette is None:
+            return
+        params = [Parameter("class_names", value=[str(n) for n in names]),
+                  Parameter("palette", value=[int(c) for c in np.asarray(palette).reshape(-1)])]
+        for param in params:  # known values first, so the set callbacks see no change to refuse
+            self.values[param.name] = param.value
+        self._set_parameters_atomically_common(params, {p.name: self.describe_parameter(p.name) for p in params})
 
     def _revert(self, reason: str) -> None:
         """After a failed load: put the model parameters back to what is serving, so they never

@@ -111,7 +111,8 @@ def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path
 
 def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--frames", "4", "--size", "48x96", "--no-progress", "--speed", "0.5"])
+    code = main(["demo", "--out", str(out), "--frames", "4", "--size", "48x96", "--no-progress", "--speed", "0.5",
+                 "--weights", ""])
     captured = capsys.readouterr()
     assert code == 0
     assert "UNTRAINED MODEL" in captured.err

@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import __version__ as PACKAGE_VERSION
 from ..cityscapes import CLASS_NAMES
+from ..models.checkpoint import resolve_weights
 from .base import ExportError
 from .cache import ArtifactCache, CacheKey, file_sha256, state_dict_sha256
 
@@ -55,7 +56,7 @@ class ExportSpec:
 
     def weights_digest(self, model: nn.Module) -> str:
         if self.weights:
-            return "file:" + file_sha256(self.weights)
+            return "file:" + file_sha256(resolve_weights(self.weights))  # a shipped name hashes its file
         return "state:" + state_dict_sha256(model)
 
 

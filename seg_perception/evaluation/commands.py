@@ -309,4 +309,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", type=parse_size, default=(256, 512), help="HEIGHTxWIDTH")
     _add_eval_options(p, threads=1)
-    p.set_defaults(func=cmd_demo)
+    # The shipped checkpoint trained on other synthetic drives; --weights '' shows random weights.
+    p.set_defaults(func=cmd_demo, weights="synthetic_street")

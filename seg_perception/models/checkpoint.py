@@ -14,6 +14,7 @@ import os
 import pickle
 import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,10 @@ from ..text import bounded_repr
 
 #: Wrapper keys under which training scripts store the model weights, tried in order.
 STATE_DICT_WRAPPERS = ("state_dict", "model_state", "model")
+#: ``meta["format"]`` of checkpoints written by ``seg-perception train``.
+CHECKPOINT_FORMAT = "seg_perception.train/1"
+#: Checkpoints shipped with the package, selectable by file stem (``weights:=synthetic_street``).
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 class CheckpointError(ValueError):
@@ -115,14 +120,34 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
+def shipped_weights() -> dict[str, Path]:
+    """Name -> file of every checkpoint shipped in ``seg_perception/weights``."""
+    return {p.stem: p for p in sorted(SHIPPED_WEIGHTS_DIR.glob("*.pt"))}
+
+
+def resolve_weights(weights: str | os.PathLike[str]) -> str:
+    """The file a ``weights`` value means: an existing path wins, else a shipped checkpoint's name.
+
+    Everything that accepts weights (node, engine, eval, bench, train ``--init``) goes through the
+    loader below, which calls this, so the names work everywhere.
+    """
+    path = os.fspath(weights)
+    if not path or os.path.exists(path):
+        return path
+    shipped = shipped_weights().get(path)
+    return str(shipped) if shipped is not None else path
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Unpickle a torch checkpoint safely (tensors and plain data only), mapped to the CPU."""
-    path = os.fspath(path)
+    path = resolve_weights(os.fspath(path))
     problem = weights_path_problem(path)
     if problem:
         raise NotACheckpointFileError(f"weights path {problem}")
     if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f"weights file {bounded_repr(path, 300)} does not exist")
+        names = ", ".join(shipped_weights()) or "none"
+        raise CheckpointNotFoundError(
+            f"weights file {bounded_repr(path, 300)} does not exist (and is not a shipped checkpoint name: {names})")
     with open(path, "rb") as f:
         magic = f.read(4)
     # torch.save writes a zip archive; files from torch < 1.6 are a bare pickle (protocol byte).
@@ -197,11 +222,29 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
 
     A model may define ``remap_checkpoint(state) -> state`` to translate the key names of the
     official implementation it follows (e.g. HRNet-OCR's ``model.`` prefix).
+
+    The checkpoint's plain-data ``meta`` (class names, palette and label mapping of a checkpoint
+    from ``seg-perception train``) is kept as ``model.checkpoint_meta`` ({} when there is none).
     """
     path = os.fspath(path)
-    state = extract_state_dict(read_checkpoint(path), path)
+    obj = read_checkpoint(path)
+    state = extract_state_dict(obj, path)
     remap = getattr(model, "remap_checkpoint", None)
     if remap is not None:
         state = remap(state)
     load_state_dict_strict(model, state, path)
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    model.checkpoint_meta = dict(meta) if isinstance(meta, Mapping) else {}
     return model
+
+
+def checkpoint_labels(model: nn.Module) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """(class names, Nx3 uint8 palette) recorded in the checkpoint loaded into ``model``, if any."""
+    labels = getattr(model, "checkpoint_meta", {}).get("labels")
+    if not isinstance(labels, Mapping):
+        return None
+    names = tuple(str(n) for n in labels.get("class_names", ()))
+    palette = np.asarray(labels.get("palette", ()), dtype=np.uint8).reshape(-1, 3)
+    if len(names) != getattr(model, "num_classes", len(names)) or len(palette) != len(names):
+        return None
+    return names, palette
