@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seg_perception.crf import CRFConfig, build_crf  # noqa: E402
+from seg_perception.crf import CRFConfig, build_crf
 
 #: Class colours (RGB) of the synthetic scene: road, sidewalk, building, vegetation, sky, car, pole.
 CLASS_COLOURS = np.array(

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seg_perception import compressed  # noqa: E402
+from seg_perception import compressed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

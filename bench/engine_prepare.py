@@ -39,12 +39,12 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from seg_perception import engine as engine_module  # noqa: E402
-from seg_perception import preparation  # noqa: E402
-from seg_perception.benchmark import machine_info, make_frames  # noqa: E402
-from seg_perception.engine import EngineConfig, OutputRequest, SegmentationEngine  # noqa: E402
-from seg_perception.models import build_model  # noqa: E402
-from seg_perception.stats import percentiles  # noqa: E402
+from seg_perception import engine as engine_module
+from seg_perception import preparation
+from seg_perception.benchmark import machine_info, make_frames
+from seg_perception.engine import EngineConfig, OutputRequest, SegmentationEngine
+from seg_perception.models import build_model
+from seg_perception.stats import percentiles
 
 #: The node warms a new engine up at this size when inference_size follows the frames.
 NODE_WARMUP_SIZE = (64, 64)

@@ -24,11 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from seg_perception.evaluation.evaluate import resolve_params  # noqa: E402
-from seg_perception.evaluation.fleet import collect_drives  # noqa: E402
-from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives  # noqa: E402
-from seg_perception.evaluation.ray_runner import RayOptions, import_ray  # noqa: E402
-from seg_perception.evaluation.sample_drive import make_sample_drive  # noqa: E402
+from seg_perception.evaluation.evaluate import resolve_params
+from seg_perception.evaluation.fleet import collect_drives
+from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
+from seg_perception.evaluation.ray_runner import RayOptions, import_ray
+from seg_perception.evaluation.sample_drive import make_sample_drive
 
 
 def main() -> int:

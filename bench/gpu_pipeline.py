@@ -50,8 +50,8 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from seg_perception.benchmark import machine_info, make_frames  # noqa: E402
-from seg_perception.engine import (  # noqa: E402
+from seg_perception.benchmark import machine_info, make_frames
+from seg_perception.engine import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     STAGES,
@@ -59,8 +59,8 @@ from seg_perception.engine import (  # noqa: E402
     OutputRequest,
     SegmentationEngine,
 )
-from seg_perception.models import build_model, list_models, load_checkpoint  # noqa: E402
-from seg_perception.stats import percentiles  # noqa: E402
+from seg_perception.models import build_model, list_models, load_checkpoint
+from seg_perception.stats import percentiles
 
 MODES = ("naive", "engine", "engine_cuda_graph", "engine_torch_compile")
 ENGINE_COMPILE = {"engine": "none", "engine_cuda_graph": "cuda_graph", "engine_torch_compile": "torch_compile"}
@@ -414,7 +414,7 @@ def run_mode(
                                  for n in args.batch_sizes if n > 1]
         del pipeline
         return report
-    except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' numbers
+    except Exception as exc:  # one failing mode must not lose the others' numbers
         return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
     finally:
         _reset_gpu(device)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
-from seg_perception.cli import parse_size  # noqa: E402
-from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params  # noqa: E402
-from seg_perception.evaluation.sample_drive import make_sample_drive  # noqa: E402
+from seg_perception.cli import parse_size
+from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
+from seg_perception.evaluation.sample_drive import make_sample_drive
 
 TARGET_RATIO = 1.15
 STAGES = ("preprocess", "inference", "postprocess")

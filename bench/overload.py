@@ -27,11 +27,11 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 sys.path.insert(0, str(ROOT / "test"))  # the harness the reliability tests use
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from reliability_support import NodeHarness, frame_for, run_overload  # noqa: E402
+import numpy as np
+import torch
+from reliability_support import NodeHarness, frame_for, run_overload
 
-from seg_perception.engine import SegmentationEngine  # noqa: E402
+from seg_perception.engine import SegmentationEngine
 
 
 def main() -> int:
@@ -55,7 +55,8 @@ def main() -> int:
     with NodeHarness(params, input_depth=100, label_sample=sample) as h:
         result = run_overload(h, args.frames, shape, args.factor)
         engine = h.node.scheduler.engine
-        reference = SegmentationEngine(replace(engine.config, backend=engine.backend), model=copy.deepcopy(engine.model))
+        reference = SegmentationEngine(replace(engine.config, backend=engine.backend),
+                                       model=copy.deepcopy(engine.model))
         description = engine.description
     labels = result.pop("labels")
     checked = [r for r in labels if r.labels.size]

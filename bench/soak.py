@@ -23,8 +23,8 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 sys.path.insert(0, str(ROOT / "test"))  # the harness the reliability tests use
 
-import torch  # noqa: E402
-from reliability_support import FakeEngine, NodeHarness, node_capacity, run_soak  # noqa: E402
+import torch
+from reliability_support import FakeEngine, NodeHarness, node_capacity, run_soak
 
 RSS_LIMIT_MB = 50.0
 

@@ -44,9 +44,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def run_benchmark(
     config: EngineConfig, height: int, width: int, iterations: int = 20, warmup: int = 3,
-    outputs: OutputRequest = OutputRequest(), progress: bool = True,
+    outputs: OutputRequest | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Time ``iterations`` frames one at a time (submit then wait), after ``warmup`` frames."""
+    outputs = outputs or OutputRequest()
     engine = SegmentationEngine(config)
     frames = make_frames(height, width)
     for i in range(warmup):

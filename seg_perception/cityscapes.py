@@ -37,7 +37,7 @@ LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
 }
 
 #: Train id -> label id, the inverse used when writing predictions for cityscapesScripts.
-TRAIN_ID_TO_LABEL_ID: dict[int, int] = {t: l for l, t in LABEL_ID_TO_TRAIN_ID.items() if t != 255}
+TRAIN_ID_TO_LABEL_ID: dict[int, int] = {train: label for label, train in LABEL_ID_TO_TRAIN_ID.items() if train != 255}
 
 #: The 7 Cityscapes categories and the train ids they contain.
 CATEGORIES: dict[str, tuple[int, ...]] = {

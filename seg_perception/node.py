@@ -223,7 +223,7 @@ class SegmentationNode(Node):
         try:
             self.scheduler.install(self._build_engine(self.values))
             self._publish_labels()
-        except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+        except Exception as exc:  # any load failure is reported the same way
             if self.values["fail_fast"]:
                 raise
             self.scheduler.startup_error = bounded(f"{type(exc).__name__}: {exc}")
@@ -343,7 +343,7 @@ class SegmentationNode(Node):
             self.scheduler.reject(camera, exc.reason)
             self._log(logging.WARNING, f"rejected frame ({exc.reason}) of camera {camera!r}: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
+        except Exception as exc:  # a malformed message must not stop the executor
             self.scheduler.reject(camera, "malformed")
             self._log(logging.ERROR, f"rejected frame (malformed) of camera {camera!r}: {exc!r}"[:300])
             return
@@ -360,7 +360,7 @@ class SegmentationNode(Node):
             self.scheduler.reject(camera, exc.reason)
             self._log(logging.WARNING, f"rejected compressed frame ({exc.reason}) of camera {camera!r}: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - a malformed message must not stop the executor
+        except Exception as exc:  # a malformed message must not stop the executor
             self.scheduler.reject(camera, "malformed")
             self._log(logging.ERROR, f"rejected compressed frame (malformed) of camera {camera!r}: {exc!r}"[:300])
             return
@@ -388,7 +388,7 @@ class SegmentationNode(Node):
             if results[i] is None:
                 try:
                     results[i] = self._to_rgb(frame)
-                except Exception as exc:  # noqa: BLE001 - handed back: it fails or rejects this frame only
+                except Exception as exc:  # handed back: it fails or rejects this frame only
                     results[i] = exc
         return results
 
@@ -440,7 +440,7 @@ class SegmentationNode(Node):
         try:
             self._check_duplicate_name()
             self.diagnostics_pub.publish(self.diagnostics())
-        except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
+        except Exception as exc:  # diagnostics must never take the node down
             self._log(logging.ERROR, f"diagnostics failed: {exc!r}")
 
     def _thresholds(self) -> Thresholds:

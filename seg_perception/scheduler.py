@@ -301,7 +301,7 @@ class Scheduler:
             engine: Engine | None = build()
             self._prepare_like_serving(engine)
             reason = ""
-        except Exception as exc:  # noqa: BLE001 - every load failure is reported, none kills us
+        except Exception as exc:  # every load failure is reported, none kills us
             engine, reason = None, f"{type(exc).__name__}: {exc}"
         with completion_lock:
             if engine is None:
@@ -339,7 +339,7 @@ class Scheduler:
         try:
             if on_failed is not None and not self._stop.is_set():
                 on_failed(reason)
-        except Exception as exc:  # noqa: BLE001 - e.g. the node is being destroyed
+        except Exception as exc:  # e.g. the node is being destroyed
             self.log(logging.WARNING, f"after the failed load: {exc!r}")
         finally:
             self.loading = None
@@ -418,7 +418,7 @@ class Scheduler:
                 if in_flight and not (engine is not None and engine.asynchronous):
                     self._finish(in_flight)
                     in_flight = []
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive any bug in a frame
+            except Exception as exc:  # the worker must outlive any bug in a frame
                 in_flight = []
                 self.log(logging.ERROR, f"worker error: {exc!r}")
         if in_flight:
@@ -436,7 +436,7 @@ class Scheduler:
         for frame in frames:
             try:
                 policy = self.policy(frame.camera)
-            except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
+            except Exception as exc:  # a frame's failure must not stop the node
                 self._fail(frame, exc)
                 continue
             if policy.max_age_ms > 0 and self.frame_age_ms(frame, now_ns) > policy.max_age_ms:
@@ -453,7 +453,7 @@ class Scheduler:
             except ImageRejected as exc:
                 self.accounting.reject(exc.reason, frame.camera)
                 continue
-            except Exception as exc:  # noqa: BLE001 - a frame's failure must not stop the node
+            except Exception as exc:  # a frame's failure must not stop the node
                 self._fail(frame, exc)
                 continue
             ready.append((frame, rgb, policy.outputs, decode_ms))
@@ -462,7 +462,7 @@ class Scheduler:
         try:
             pending = engine.submit_batch([r[1] for r in ready], [r[2] for r in ready])
             return [_Started(r[0], p, r[3]) for r, p in zip(ready, pending, strict=True)]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(ready) == 1:
                 self._fail(ready[0][0], exc)
                 return []
@@ -470,7 +470,7 @@ class Scheduler:
         for frame, rgb, outputs, decode_ms in ready:  # isolate the failing frame: one at a time
             try:
                 started.append(_Started(frame, engine.submit_batch([rgb], [outputs])[0], decode_ms))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._fail(frame, exc)
         return started
 
@@ -484,7 +484,7 @@ class Scheduler:
             started = time.perf_counter()
             try:
                 images = self.convert_batch(frames)
-            except Exception as exc:  # noqa: BLE001 - a bug in the batch path: convert one by one
+            except Exception as exc:  # a bug in the batch path: convert one by one
                 self.log(logging.ERROR, f"batch conversion failed, converting one by one: {exc!r}"[:300])
             else:
                 share = (time.perf_counter() - started) * 1e3 / len(frames)
@@ -494,7 +494,7 @@ class Scheduler:
             started = time.perf_counter()
             try:
                 image: Any = self.convert(frame)
-            except Exception as exc:  # noqa: BLE001 - handed back: accounted for with its frame
+            except Exception as exc:  # handed back: accounted for with its frame
                 image = exc
             converted.append((image, (time.perf_counter() - started) * 1e3))
         return converted
@@ -504,12 +504,12 @@ class Scheduler:
             frame = item.frame
             try:
                 result = item.pending.result()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._fail(frame, exc)
                 continue
             try:
                 self.publish(frame, result)
-            except Exception as exc:  # noqa: BLE001 - e.g. the context shut down under us
+            except Exception as exc:  # e.g. the context shut down under us
                 stopping = self._stop.is_set()
                 self.accounting.drop("shutdown" if stopping else "publish_error", frame.camera)
                 if not stopping:

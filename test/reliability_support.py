@@ -84,7 +84,7 @@ class FakeEngine:
     def memory_allocated_mb(self) -> None:
         return None
 
-    def submit(self, frame: np.ndarray, outputs: OutputRequest = OutputRequest()) -> _Pending:
+    def submit(self, frame: np.ndarray, outputs: OutputRequest | None = None) -> _Pending:
         started = time.perf_counter()
         self.calls += 1
         if self.delay_s:

@@ -23,8 +23,8 @@ from seg_perception.models import build_model, list_models
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import gpu_pipeline  # noqa: E402
-import node_latency  # noqa: E402
+import gpu_pipeline
+import node_latency
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GOLDEN = "regseg_exp48_decoder26_cityscapes_random_state.pt"

@@ -10,7 +10,7 @@ from seg_perception.cli import main, parse_size
 from seg_perception.models import build_model, count_parameters
 
 
-def test_models_lists_every_variant_with_parameter_count(capsys) -> None:  # noqa: ANN001
+def test_models_lists_every_variant_with_parameter_count(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -21,7 +21,7 @@ def test_models_lists_every_variant_with_parameter_count(capsys) -> None:  # noq
     assert f"{count_parameters(build_model('regseg', variant='exp53_decoder29')):,}" in out
 
 
-def test_bench_prints_table_and_writes_json(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_bench_prints_table_and_writes_json(tmp_path, capsys) -> None:
     out_file = tmp_path / "bench.json"
     assert main(["bench", "--model", "regseg", "--size", "64x128", "--device", "cpu", "--iterations", "5",
                  "--warmup", "1", "--out", str(out_file)]) == 0
@@ -36,11 +36,11 @@ def test_bench_prints_table_and_writes_json(tmp_path, capsys) -> None:  # noqa: 
     assert report["engine"]["precision"] == "fp32" and report["machine"]["torch"]
 
 
-def test_bench_rejects_fp16_on_cpu(capsys) -> None:  # noqa: ANN001
+def test_bench_rejects_fp16_on_cpu(capsys) -> None:
     assert main(["bench", "--size", "32x32", "--device", "cpu", "--precision", "fp16"]) == 2
     assert "fp16 needs device cuda" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, expected", [("512x1024", (512, 1024)), ("1024X2048", (1024, 2048))])
-def test_parse_size(text, expected) -> None:  # noqa: ANN001
+def test_parse_size(text, expected) -> None:
     assert parse_size(text) == expected

@@ -47,14 +47,14 @@ def _reference_logits(model: torch.nn.Module, frame: np.ndarray, size: tuple[int
     return F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False)
 
 
-def test_labels_equal_argmax_of_normalised_model_output(engine, model, frame) -> None:  # noqa: ANN001
+def test_labels_equal_argmax_of_normalised_model_output(engine, model, frame) -> None:
     result = engine.infer(frame)
     expected = _reference_logits(model, frame).argmax(1)[0].numpy().astype(np.uint8)
     assert result.labels.shape == frame.shape[:2] and result.labels.dtype == np.uint8
     assert (result.labels == expected).mean() > 0.999
 
 
-def test_inference_size_runs_smaller_and_returns_frame_size(model, frame) -> None:  # noqa: ANN001
+def test_inference_size_runs_smaller_and_returns_frame_size(model, frame) -> None:
     small = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", inference_size=(48, 64)), model=model)
     result = small.infer(frame)
     expected = _reference_logits(model, frame, (48, 64)).argmax(1)[0].numpy()
@@ -62,7 +62,7 @@ def test_inference_size_runs_smaller_and_returns_frame_size(model, frame) -> Non
     assert (result.labels == expected).mean() > 0.999
 
 
-def test_color_overlay_confidence(engine, model, frame) -> None:  # noqa: ANN001
+def test_color_overlay_confidence(engine, model, frame) -> None:
     result = engine.infer(frame, OutputRequest(color=True, overlay=True, confidence=True, overlay_alpha=0.25))
     assert np.array_equal(result.color, PALETTE[result.labels])
     expected_overlay = np.round(frame * 0.75 + PALETTE[result.labels] * 0.25).astype(np.uint8)
@@ -71,18 +71,18 @@ def test_color_overlay_confidence(engine, model, frame) -> None:  # noqa: ANN001
     assert np.abs(result.confidence.astype(float) - probs * 255).max() <= 1.0
 
 
-def test_optional_outputs_absent_unless_requested(engine, frame) -> None:  # noqa: ANN001
+def test_optional_outputs_absent_unless_requested(engine, frame) -> None:
     result = engine.infer(frame)
     assert result.color is None and result.overlay is None and result.confidence is None
 
 
-def test_stage_timings_cover_every_stage(engine, frame) -> None:  # noqa: ANN001
+def test_stage_timings_cover_every_stage(engine, frame) -> None:
     timings = engine.infer(frame).timings_ms
     assert tuple(timings) == STAGES
     assert all(v >= 0 for v in timings.values()) and timings["inference"] > 0
 
 
-def test_torch_frame_accepted(engine, frame) -> None:  # noqa: ANN001
+def test_torch_frame_accepted(engine, frame) -> None:
     assert np.array_equal(engine.infer(torch.from_numpy(frame)).labels, engine.infer(frame).labels)
 
 
@@ -96,12 +96,12 @@ def test_torch_frame_accepted(engine, frame) -> None:  # noqa: ANN001
         ([[1, 2, 3]], "numpy array or torch tensor"),
     ],
 )
-def test_bad_frames_raise_frame_error(engine, bad, match) -> None:  # noqa: ANN001
+def test_bad_frames_raise_frame_error(engine, bad, match) -> None:
     with pytest.raises(FrameError, match=match):
         engine.infer(bad)
 
 
-def test_bad_overlay_alpha(engine, frame) -> None:  # noqa: ANN001
+def test_bad_overlay_alpha(engine, frame) -> None:
     with pytest.raises(ValueError, match="overlay_alpha"):
         engine.infer(frame, OutputRequest(overlay=True, overlay_alpha=1.5))
 
@@ -115,7 +115,7 @@ def test_bad_overlay_alpha(engine, frame) -> None:  # noqa: ANN001
         (EngineConfig(inference_size=(0, 10)), "inference_size"),
     ],
 )
-def test_config_errors_at_construction(config, match) -> None:  # noqa: ANN001
+def test_config_errors_at_construction(config, match) -> None:
     with pytest.raises(EngineConfigError, match=match):
         SegmentationEngine(config)
 
@@ -127,14 +127,14 @@ def test_auto_device_falls_back_to_cpu_fp32() -> None:
     assert engine.description["precision"] == "fp32"
 
 
-def test_missing_weights_file_fails_at_configuration(tmp_path) -> None:  # noqa: ANN001
+def test_missing_weights_file_fails_at_configuration(tmp_path) -> None:
     from seg_perception.models import CheckpointNotFoundError
 
     with pytest.raises(CheckpointNotFoundError):
         SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=str(tmp_path / "x.pt")))
 
 
-def test_engine_loads_weights_file(tmp_path, model, frame) -> None:  # noqa: ANN001
+def test_engine_loads_weights_file(tmp_path, model, frame) -> None:
     path = tmp_path / "w.pt"
     torch.save({"model": model.state_dict()}, path)
     loaded = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=str(path), backend="torch"))
@@ -142,7 +142,7 @@ def test_engine_loads_weights_file(tmp_path, model, frame) -> None:  # noqa: ANN
     assert np.array_equal(loaded.infer(frame).labels, direct.infer(frame).labels)
 
 
-def test_crf_stage_refines_any_models_logits(model, frame) -> None:  # noqa: ANN001
+def test_crf_stage_refines_any_models_logits(model, frame) -> None:
     from seg_perception.crf import CRFConfig, build_crf
 
     engine = SegmentationEngine(

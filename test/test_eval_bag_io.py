@@ -9,13 +9,33 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer
 
-from seg_perception.evaluation.bag_io import (GT_TOPIC, IMAGE_TOPIC, IMAGE_TYPE, TYPESTORE, BagError, DriveBag,
-                                              image_message)
-from seg_perception.evaluation.cityscapes_folder import (DEFAULT_START_NS, cityscapes_to_bag, find_pairs,
-                                                         write_pair)
-from seg_perception.evaluation.sample_drive import (BUILDING, CAR, PERSON, POLE, ROAD, SIDEWALK, SKY,
-                                                    TRAFFIC_SIGN, VEGETATION, Camera, Renderer, Thing, World,
-                                                    make_sample_drive, render_drive)
+from seg_perception.evaluation.bag_io import (
+    GT_TOPIC,
+    IMAGE_TOPIC,
+    IMAGE_TYPE,
+    TYPESTORE,
+    BagError,
+    DriveBag,
+    image_message,
+)
+from seg_perception.evaluation.cityscapes_folder import DEFAULT_START_NS, cityscapes_to_bag, find_pairs, write_pair
+from seg_perception.evaluation.sample_drive import (
+    BUILDING,
+    CAR,
+    PERSON,
+    POLE,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    Camera,
+    Renderer,
+    Thing,
+    World,
+    make_sample_drive,
+    render_drive,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +67,7 @@ def test_cityscapes_folder_round_trip(drive, tmp_path: Path, storage: str) -> No
     stamps = [f.stamp_ns for f in frames]
     assert stamps[0] == DEFAULT_START_NS
     assert np.all(np.diff(stamps) == 100_000_000)  # 10 Hz, strictly increasing
-    for frame, pair in zip(frames, pairs):
+    for frame, pair in zip(frames, pairs, strict=False):
         rgb = cv2.cvtColor(cv2.imread(str(pair.image)), cv2.COLOR_BGR2RGB)
         gt = cv2.imread(str(pair.gt), cv2.IMREAD_UNCHANGED)
         assert frame.frame_id == "cam0"
@@ -62,7 +82,7 @@ def test_the_bag_of_the_sample_drive_equals_its_folder(drive) -> None:
         frames = list(reader.frames())
     rendered = list(render_drive(6, 48, 96, seed=3))
     assert len(frames) == len(rendered)
-    for frame, (rgb, gt) in zip(frames, rendered):
+    for frame, (rgb, gt) in zip(frames, rendered, strict=False):
         np.testing.assert_array_equal(np.asarray(frame.image.data).reshape(rgb.shape), rgb)
         np.testing.assert_array_equal(frame.gt, gt)
 
@@ -71,17 +91,17 @@ def test_sample_drive_is_deterministic_and_moves() -> None:
     first = list(render_drive(12, 128, 256, seed=1))
     again = list(render_drive(12, 128, 256, seed=1))
     other = list(render_drive(12, 128, 256, seed=2))
-    for (a_rgb, a_gt), (b_rgb, b_gt) in zip(first, again):
+    for (a_rgb, a_gt), (b_rgb, b_gt) in zip(first, again, strict=False):
         np.testing.assert_array_equal(a_rgb, b_rgb)
         np.testing.assert_array_equal(a_gt, b_gt)
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, other))
-    for (a_rgb, a_gt), (b_rgb, b_gt) in zip(render_drive(4, 128, 256, seed=1), first):  # a prefix
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, other, strict=False))
+    for (a_rgb, a_gt), (b_rgb, b_gt) in zip(render_drive(4, 128, 256, seed=1), first, strict=False):  # a prefix
         np.testing.assert_array_equal(a_rgb, b_rgb)
         np.testing.assert_array_equal(a_gt, b_gt)
     present = set(np.unique(np.stack([gt for _, gt in first])))
     assert {ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, POLE, TRAFFIC_SIGN, CAR, PERSON} <= present
     # The camera moves: consecutive label maps differ.
-    changed = [np.mean(a[1] != b[1]) for a, b in zip(first, first[1:])]
+    changed = [np.mean(a[1] != b[1]) for a, b in zip(first, first[1:], strict=False)]
     assert min(changed) > 0.005
 
 
@@ -96,8 +116,8 @@ def test_static_objects_grow_and_move_outwards_as_the_camera_approaches() -> Non
         ys, xs = np.nonzero(labels == TRAFFIC_SIGN)
         areas.append(xs.size)
         columns.append(xs.mean())
-    assert all(b > a for a, b in zip(areas, areas[1:])), areas
-    assert all(b > a for a, b in zip(columns, columns[1:])), columns  # right of the camera: moves right
+    assert all(b > a for a, b in zip(areas, areas[1:], strict=False)), areas
+    assert all(b > a for a, b in zip(columns, columns[1:], strict=False)), columns  # right of the camera: moves right
 
 
 def test_missing_topic_names_the_topics_the_bag_has(tmp_path: Path) -> None:

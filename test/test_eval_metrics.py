@@ -10,8 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.cityscapes import (CATEGORIES, CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, label_ids_to_train_ids,
-                                       train_ids_to_label_ids)
+from seg_perception.cityscapes import (
+    CATEGORIES,
+    CLASS_NAMES,
+    LABEL_ID_TO_TRAIN_ID,
+    label_ids_to_train_ids,
+    train_ids_to_label_ids,
+)
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
 from seg_perception.evaluation.metrics import ConfusionMatrix, summarize
 from seg_perception.evaluation.sample_drive import make_sample_drive

@@ -59,7 +59,7 @@ class _Actor:
             except _WorkerDies:
                 self.dead = True
                 raise _Exceptions.RayActorError("The actor died unexpectedly before finishing this task.") from None
-            except Exception as exc:  # noqa: BLE001 - Ray wraps every task exception
+            except Exception as exc:  # Ray wraps every task exception
                 raise _Exceptions.RayTaskError(exc) from exc
 
         return SimpleNamespace(remote=lambda *args: _Ref(lambda: call(*args)))

@@ -64,7 +64,7 @@ def test_parameter_count(classes, expected):
 
 def test_caffe_layer_names(model):
     keys = list(model.state_dict())
-    blocks = zip(range(1, 6), (2, 2, 3, 3, 3))
+    blocks = zip(range(1, 6), (2, 2, 3, 3, 3), strict=False)
     expected_layers = [f"conv{b}_{i}" for b, n in blocks for i in range(1, n + 1)]
     expected_layers += ["fc6", "fc7", "fc8"]
     assert keys == [f"{layer}.{p}" for layer in expected_layers for p in ("weight", "bias")]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 from conftest import reference
+from torch.utils.flop_counter import FlopCounterMode
 
 from seg_perception.models import (
     CheckpointMismatchError,

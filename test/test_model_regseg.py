@@ -47,7 +47,7 @@ def test_channel_split_uses_static_slicing_not_tensor_split() -> None:
     called: set[str] = set()
 
     class Recorder(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             called.add(getattr(func, "__name__", str(func)))
             return func(*args, **(kwargs or {}))
 
@@ -77,7 +77,7 @@ def test_exp53_decoder29_is_wider_and_follows_official_layout() -> None:
     assert model.body.stage16[13].conv2.convs[1].dilation == (14, 14)
 
 
-def test_seeded_model_is_deterministic_and_round_trips(tmp_path) -> None:  # noqa: ANN001
+def test_seeded_model_is_deterministic_and_round_trips(tmp_path) -> None:
     torch.manual_seed(3)
     model = build_model("regseg", num_classes=7).eval()
     x = torch.randn(1, 3, 64, 96)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:  # noqa: ANN001
+def weights(tmp_path_factory) -> str:
     torch.manual_seed(11)
     path = tmp_path_factory.mktemp("w") / "regseg.pt"
     torch.save(build_model("regseg").state_dict(), path)
@@ -48,8 +48,9 @@ def node(ros: RosHarness, weights: str) -> SegmentationNode:
 
 
 @pytest.fixture(scope="module")
-def io(ros: RosHarness, node: SegmentationNode):  # noqa: ARG001 - node must exist first
-    outputs = {name: ros.collect(Image, f"segmentation/{name}") for name in ("labels", "color", "overlay", "confidence")}
+def io(ros: RosHarness, node: SegmentationNode):  # the node must exist first
+    names = ("labels", "color", "overlay", "confidence")
+    outputs = {name: ros.collect(Image, f"segmentation/{name}") for name in names}
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
     publisher = ros.publisher("camera/image_raw")
     assert wait_for(lambda: publisher.get_subscription_count() > 0)
@@ -60,11 +61,13 @@ def io(ros: RosHarness, node: SegmentationNode):  # noqa: ARG001 - node must exi
 _stamp_counter = iter(range(1, 1_000_000))
 
 
-def _send(io, msg: Image, timeout: float = 15.0) -> Image:  # noqa: ANN001
+def _send(io, msg: Image, timeout: float = 15.0) -> Image:
     """Publish one frame and return the labels message with its stamp."""
     publisher, outputs, _ = io
     publisher.publish(msg)
-    match = lambda: [m for m in outputs["labels"] if m.header.stamp == msg.header.stamp]  # noqa: E731
+    def match() -> list:
+        return [m for m in outputs["labels"] if m.header.stamp == msg.header.stamp]
+
     assert wait_for(lambda: bool(match()), timeout), f"no labels for {msg.encoding} {msg.width}x{msg.height}"
     return match()[0]
 
@@ -82,7 +85,7 @@ def _rgb(height: int, width: int, seed: int) -> np.ndarray:
     [("rgb8", (40, 56), 0), ("bgr8", (40, 56), 0), ("rgba8", (33, 47), 0), ("bgra8", (40, 56), 4),
      ("mono8", (24, 80), 0), ("rgb8", (64, 96), 6)],
 )
-def test_labels_for_each_encoding_and_size(io, reference_engine, encoding, size, pad) -> None:  # noqa: ANN001
+def test_labels_for_each_encoding_and_size(io, reference_engine, encoding, size, pad) -> None:
     rgb = _rgb(*size, seed=size[0])
     if encoding == "mono8":
         rgb = np.repeat(rgb[:, :, :1], 3, axis=2)
@@ -95,7 +98,7 @@ def test_labels_for_each_encoding_and_size(io, reference_engine, encoding, size,
     assert np.array_equal(got, reference_engine.infer(rgb).labels)
 
 
-def test_color_and_overlay_only_when_enabled(io, node) -> None:  # noqa: ANN001
+def test_color_and_overlay_only_when_enabled(io, node) -> None:
     _, outputs, _ = io
     before = {k: len(v) for k, v in outputs.items()}
     _send(io, make_image(_rgb(32, 48, 1), "rgb8", _stamp(), "cam"))
@@ -119,13 +122,13 @@ def test_color_and_overlay_only_when_enabled(io, node) -> None:  # noqa: ANN001
                          Parameter("publish_confidence", value=False)])
 
 
-def test_invalid_runtime_values_are_rejected_with_reason(node) -> None:  # noqa: ANN001
+def test_invalid_runtime_values_are_rejected_with_reason(node) -> None:
     result = node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0]
     assert not result.successful and "overlay_alpha" in result.reason
     assert node.get_parameter("overlay_alpha").value != 1.5
 
 
-def test_malformed_frames_are_counted_and_next_frame_served(io, node) -> None:  # noqa: ANN001
+def test_malformed_frames_are_counted_and_next_frame_served(io, node) -> None:
     publisher, _, diagnostics = io
     good = make_image(_rgb(30, 40, 3), "rgb8", _stamp(), "cam")
     truncated = make_image(_rgb(30, 40, 3), "rgb8", _stamp(), "cam")
@@ -149,7 +152,7 @@ def test_malformed_frames_are_counted_and_next_frame_served(io, node) -> None:  
     assert int(values["rejected_data_length"]) >= 1 and int(values["rejected_encoding"]) >= 1
 
 
-def test_diagnostics_carry_latency_rates_counts_and_model(io, node) -> None:  # noqa: ANN001
+def test_diagnostics_carry_latency_rates_counts_and_model(io, node) -> None:
     _send(io, make_image(_rgb(30, 40, 4), "rgb8", _stamp(), "cam"))
     _, _, diagnostics = io
     n = len(diagnostics)
@@ -168,14 +171,14 @@ def test_diagnostics_carry_latency_rates_counts_and_model(io, node) -> None:  # 
     assert "seg_node" in status.name
 
 
-def test_class_names_and_palette_are_parameters(node) -> None:  # noqa: ANN001
+def test_class_names_and_palette_are_parameters(node) -> None:
     names = node.get_parameter("class_names").value
     palette = node.get_parameter("palette").value
     assert list(names)[:2] == ["road", "sidewalk"] and len(names) == 19
     assert list(palette[:3]) == [128, 64, 128] and len(palette) == 57
 
 
-def test_node_under_namespace_with_remapped_topic(ros, weights) -> None:  # noqa: ANN001
+def test_node_under_namespace_with_remapped_topic(ros, weights) -> None:
     node = ros.add(lambda **kw: SegmentationNode(namespace="front", **kw), device="cpu", precision="fp32",
                    weights=weights, image_topic="cam/image", max_age_ms=0.0)
     try:
@@ -192,12 +195,12 @@ def test_node_under_namespace_with_remapped_topic(ros, weights) -> None:  # noqa
         ros.remove(node)
 
 
-def test_invalid_startup_parameters_refuse_to_start(ros) -> None:  # noqa: ANN001
+def test_invalid_startup_parameters_refuse_to_start(ros) -> None:
     with pytest.raises(ValueError, match="precision must be one of"):
         ros.add(SegmentationNode, device="cpu", precision="int4")
 
 
-def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeypatch) -> None:  # noqa: ANN001
+def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeypatch) -> None:
     """With cv_bridge importable the node validates first, then lets cv_bridge convert."""
     import seg_perception.node as node_module
     from seg_perception.image_conversion import image_msg_to_rgb
@@ -205,7 +208,7 @@ def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeyp
     calls: list[str] = []
 
     class FakeBridge:
-        def imgmsg_to_cv2(self, msg, desired_encoding):  # noqa: ANN001, ANN201
+        def imgmsg_to_cv2(self, msg, desired_encoding):
             calls.append(f"{msg.encoding}->{desired_encoding}")
             return np.ascontiguousarray(image_msg_to_rgb(msg))
 

@@ -116,7 +116,7 @@ def test_node_set_results_logs_and_diagnostics_stay_bounded(tmp_path: Path) -> N
 
     from seg_perception.node import SegmentationNode
 
-    def factory(config):  # noqa: ANN001, ANN202 - a loader whose error echoes the weights path
+    def factory(config):  # a loader whose error echoes the weights path
         if config.weights:
             raise CheckpointNotFoundError(f"weights file {config.weights!r} does not exist")
         return FakeEngine(config)

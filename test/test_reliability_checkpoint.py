@@ -76,7 +76,7 @@ def test_each_bad_file_gives_its_own_error(tmp_path: Path, regseg_state) -> None
         "classes": (lambda: build_model("regseg", 7), good),
     }
     for name, (model, path) in cases.items():
-        with pytest.raises(Exception) as info:  # noqa: PT011 - the exact type is the assertion
+        with pytest.raises(Exception) as info:  # the exact type is the assertion
             load_checkpoint(model(), path)
         errors[name] = info.value
     assert type(errors["missing"]) is CheckpointNotFoundError

@@ -53,7 +53,7 @@ def _fake(config: EngineConfig) -> FakeEngine:
 def test_invalid_startup_values_are_refused_with_the_reason(context, overrides, reason) -> None:
     params = {**CPU_PARAMS, **overrides}
     built = []
-    with pytest.raises(Exception) as info:  # noqa: PT011 - rclpy's or ours, the reason is what matters
+    with pytest.raises(Exception) as info:  # rclpy's or ours, the reason is what matters
         built.append(SegmentationNode(
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
             context=context, engine_factory=lambda c: built.append(c) or FakeEngine(c),

@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from reliability_support import Fields, NodeHarness, expected_reason, image_fields, image_msg
 from rclpy.parameter import Parameter
+from reliability_support import Fields, NodeHarness, expected_reason, image_fields, image_msg
 
 from seg_perception.image_conversion import DEFAULT_MAX_PIXELS
 

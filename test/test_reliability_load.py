@@ -26,7 +26,8 @@ def test_overload_drops_with_reasons_keeps_latency_flat_and_headers_exact() -> N
     with NodeHarness(params, input_depth=100) as h:
         result = run_overload(h, frames=450, shape=SHAPE, factor=3.0)
         engine = h.node.scheduler.engine
-        reference = SegmentationEngine(replace(engine.config, backend=engine.backend), model=copy.deepcopy(engine.model))
+        reference = SegmentationEngine(replace(engine.config, backend=engine.backend),
+                                       model=copy.deepcopy(engine.model))
     books, run = result["books"], result["run"]
     summary = {k: v for k, v in result.items() if k not in ("labels", "messages_during_overload")}
     print(f"\noverload: {summary}")

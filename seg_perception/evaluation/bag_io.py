@@ -390,7 +390,7 @@ class DriveBag:
                 counter = census.images if conn.topic == self.image_topic else census.gts
                 counter[raw_header_stamp(raw)] += 1
                 read += 1
-        except Exception as exc:  # noqa: BLE001 - any failure mid-read means a damaged bag
+        except Exception as exc:  # any failure mid-read means a damaged bag
             raise BagError(f"bag {self.path} is truncated or corrupt: reading failed after {read} "
                            f"messages: {type(exc).__name__}: {exc}") from exc
         return census
@@ -421,7 +421,7 @@ class DriveBag:
                 yield conn.topic, msg
         except BagError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure mid-read means a damaged bag
+        except Exception as exc:  # any failure mid-read means a damaged bag
             raise BagError(f"bag {self.path} is truncated or corrupt: reading failed after {read} "
                            f"messages: {type(exc).__name__}: {exc}") from exc
 

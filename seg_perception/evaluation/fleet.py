@@ -416,7 +416,7 @@ def run_local(tasks: list[Task], values: dict[str, Any], seed: int = 0, progress
     for task in tasks:
         try:
             results[task.task_id] = run_task(engine, task, values["max_pixels"], lambda: bar.update(1))
-        except Exception as exc:  # noqa: BLE001 - a broken drive is reported, the others go on
+        except Exception as exc:  # a broken drive is reported, the others go on
             failures[task.task_id] = (clip(f"{type(exc).__name__}: {exc}"), 1)
     bar.close()
     elapsed = time.perf_counter() - start

@@ -194,7 +194,7 @@ def run_offline(bag: DriveBag, engine: SegmentationEngine, ledger: Ledger, max_p
             t0 = time.perf_counter()
             try:
                 result = engine.infer(rgb)
-            except Exception as exc:  # noqa: BLE001 - the node drops such a frame; so do we
+            except Exception as exc:  # the node drops such a frame; so do we
                 LOG.error("inference failed on frame %d: %s: %s", frame.index, type(exc).__name__, exc)
                 ledger.missing(frame, "dropped", "inference_error", sent)
             else:

@@ -6,7 +6,7 @@ Importing this package registers every architecture; use :func:`build_model` and
 
 # Import order is registry order: RegSeg, the default, comes first.
 from . import regseg  # noqa: F401, I001  (each import registers its architectures)
-from . import deeplabv3plus, refinenet, deeplabv1, hrnet_ocr  # noqa: F401, E402
+from . import deeplabv3plus, refinenet, deeplabv1, hrnet_ocr  # noqa: F401
 from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,

@@ -48,7 +48,7 @@ class DeepLabV1LargeFOV(nn.Sequential):
         self.num_classes = num_classes
         in_channels = 3
         for block, ((channels, convs), stride, dilation) in enumerate(
-            zip(VGG16_BLOCKS, POOL_STRIDES, BLOCK_DILATIONS), start=1
+            zip(VGG16_BLOCKS, POOL_STRIDES, BLOCK_DILATIONS, strict=False), start=1
         ):
             for i in range(1, convs + 1):
                 conv = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)

@@ -122,7 +122,7 @@ class HighResolutionModule(nn.Module):
         return nn.Sequential(*steps)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=False)]
         out = []
         for i, fuse in enumerate(self.fuse_layers):
             size = xs[i].shape[-2:]

@@ -67,7 +67,7 @@ class MultiResolutionFusion(nn.Module):
     def forward(self, paths: Sequence[torch.Tensor]) -> torch.Tensor:
         size = paths[0].shape[-2:]
         out = self.convs[0](paths[0])
-        for conv, path in zip(self.convs[1:], paths[1:]):
+        for conv, path in zip(self.convs[1:], paths[1:], strict=False):
             out = out + F.interpolate(conv(path), size=size, mode="bilinear", align_corners=False)
         return out
 
