@@ -20,7 +20,7 @@ setup(
     ],
     python_requires=">=3.10",
     install_requires=["numpy", "pyyaml", "torch", "torchvision", "timm", "opencv-python-headless",
-                      "rosbags", "tqdm", "matplotlib", "onnx", "onnxruntime"],
+                      "rosbags", "tqdm", "matplotlib", "onnx", "onnxruntime", "simplejpeg"],
     # GPU backends (docs/BACKENDS.md): onnxruntime-gpu replaces the CPU onnxruntime wheel (uninstall
     # that first); tensorrt adds the libraries ONNX Runtime's TensorRT provider loads.
     extras_require={"crf": ["pydensecrf2"], "cluster": ["ray[default]"], "gpu": ["onnxruntime-gpu"],

@@ -165,6 +165,21 @@ def _topic(v: str) -> str | None:
     return None
 
 
+def _cache_dir(v: str) -> str | None:
+    """Empty (the default location), or an absolute folder path (``~`` expanded): a relative one
+    would depend on the directory the node happened to be started from."""
+    if not v:
+        return None
+    if len(v) > 1024 or any(ord(c) < 32 for c in v):
+        return f"must be a folder path of at most 1024 printable characters, got {bounded_repr(v)}"
+    path = os.path.expanduser(v)
+    if not os.path.isabs(path):
+        return f"must be an absolute folder path (or start with ~), got {bounded_repr(v)}"
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{bounded_repr(v)} exists and is not a folder"
+    return None
+
+
 def _model_name(v: str) -> str | None:
     from .models import list_models
 
@@ -202,7 +217,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               validate=_choice(*BACKENDS), reload=True),
     ParamSpec("cache_dir", "",
               "Folder of exported ONNX models and TensorRT engines; empty = $XDG_CACHE_HOME/seg_perception.",
-              reload=True),
+              validate=_cache_dir, reload=True),
     ParamSpec("cameras", [],
               "Camera names, one node serving them all with one model (see 'Many cameras' in the README); "
               "each camera reads <camera>.image_topic and publishes <camera>/segmentation/*. "

@@ -139,3 +139,13 @@ def test_node_set_results_logs_and_diagnostics_stay_bounded(tmp_path: Path) -> N
         assert all(len(kv.value) <= 500 for kv in status.values)
     finally:
         ros.close()
+
+
+def test_cache_dir_is_an_absolute_folder(tmp_path: Path) -> None:
+    values = valid_values()
+    assert P.validate_params({**values, "cache_dir": str(tmp_path)}) == []
+    assert P.validate_params({**values, "cache_dir": "~/.cache/seg"}) == []
+    assert "absolute" in P.validate_params({**values, "cache_dir": "cache/seg"})[0]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "not a folder" in P.validate_params({**values, "cache_dir": str(a_file)})[0]
