@@ -109,8 +109,9 @@ def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path
     assert offline["frames"]["evaluated"] == 3
 
 
-def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "demo"
+def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo")  # relative, as `make demo` passes it: the node process must still find its files
     code = main(["demo", "--out", str(out), "--frames", "4", "--size", "48x96", "--no-progress", "--speed", "0.5",
                  "--weights", ""])
     captured = capsys.readouterr()

@@ -90,6 +90,7 @@ class NodeProcess:
 
     def __init__(self, params: Mapping[str, Any], workdir: Path, domain_id: int, threads: int | None = None,
                  seed: int | None = None) -> None:
+        workdir = Path(workdir).resolve()  # the node runs in workdir: every path it gets is absolute
         self.params_file = write_params_file(workdir / "node_params.yaml", params)
         self.log_path = workdir / "node.log"
         self.command = node_command(self.params_file, seed)
