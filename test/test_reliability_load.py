@@ -45,9 +45,10 @@ def test_overload_drops_with_reasons_keeps_latency_flat_and_headers_exact() -> N
     assert result["latency_ms_p99_end"] <= 1.5 * result["latency_ms_p99_start"] + slack
     assert result["rss_mb_end"] - result["rss_mb_start"] < 50.0
 
-    # Diagnostics: WARN (or worse) with the drop ratio while overloaded, OK after.
+    # Diagnostics: WARN (or ERROR, past drop_error_ratio on a busy CPU) with the drop ratio while
+    # overloaded, OK after.
     levels = result["levels_during_overload"]
-    assert levels and min(levels) >= WARN and WARN in levels
+    assert levels and min(levels) >= WARN
     assert all("dropped" in m for m in result["messages_during_overload"])
     assert result["recovered_to_ok"]
 
