@@ -31,6 +31,9 @@ POLL_S = 0.1
 WORKER_START_TIMEOUT_S = 600.0
 #: How often a worker reports its frame count to the progress board, seconds.
 REPORT_S = 0.2
+#: Fault-injection hook for tests (like the node's ``before_inference``): seconds each worker waits
+#: after every frame, so a test can kill a worker while its drive is certainly still running.
+FRAME_DELAY_ENV = "SEG_PERCEPTION_TEST_FRAME_DELAY_S"
 
 
 class RayUnavailable(ValueError):
@@ -115,9 +118,12 @@ class EvalWorker:
     def run(self, task: Task, attempt: int) -> dict[str, Any]:
         key = (task.task_id, attempt)
         pending, last = 0, time.monotonic()
+        delay_s = float(os.environ.get(FRAME_DELAY_ENV, "0") or 0)
 
         def on_frame() -> None:
             nonlocal pending, last
+            if delay_s > 0:
+                time.sleep(delay_s)
             pending += 1
             if time.monotonic() - last >= REPORT_S:
                 self.board.add.remote(key, pending)
