@@ -36,3 +36,33 @@ def reference(*parts: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# -- a node over DDS with a saved random-init RegSeg (test_node.py, test_node_multicam.py) -----------
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A RegSeg checkpoint file (random init, seeded), so node and reference engine share weights."""
+    from seg_perception.models import build_model
+
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("w") / "regseg.pt"
+    torch.save(build_model("regseg").state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference_engine(weights: str):
+    """The engine alone with the node's weights: what the node's labels must equal."""
+    from seg_perception.engine import EngineConfig, SegmentationEngine
+
+    return SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=weights))
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """One ROS context with an executor thread for the module's nodes (see ros_harness.py)."""
+    from ros_harness import RosHarness
+
+    harness = RosHarness()
+    yield harness
+    harness.close()

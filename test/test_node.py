@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
@@ -12,31 +11,9 @@ from ros_harness import RosHarness, make_image, wait_for
 from sensor_msgs.msg import Image
 
 from seg_perception.cityscapes import PALETTE
-from seg_perception.engine import EngineConfig, SegmentationEngine
-from seg_perception.models import build_model
 from seg_perception.node import SegmentationNode
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("w") / "regseg.pt"
-    torch.save(build_model("regseg").state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference_engine(weights: str) -> SegmentationEngine:
-    return SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=weights))
-
-
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture(scope="module")

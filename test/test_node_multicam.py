@@ -8,15 +8,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from ros_harness import RosHarness, make_image, wait_for
 from sensor_msgs.msg import Image
 
-from seg_perception.engine import EngineConfig, SegmentationEngine
-from seg_perception.models import build_model
 from seg_perception.node import SegmentationNode
 from seg_perception.params import load_params_file, validate_config
 
@@ -26,26 +23,6 @@ CAMERAS = ["front", "left", "right"]
 #: Where each camera reads: front and right are set, left uses the default.
 INPUTS = {"front": "/cams/front/image", "left": "/multi/left/camera/image_raw", "right": "/cams/right/image"}
 SIZES = {"front": (24, 40), "left": (32, 48), "right": (16, 64)}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("w") / "regseg.pt"
-    torch.save(build_model("regseg").state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference_engine(weights: str) -> SegmentationEngine:
-    return SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=weights))
-
-
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture(scope="module")
