@@ -152,43 +152,11 @@ def camera_report(
     return _combine(values, problems)
 
 
-def build_report(
-    *,
-    stages: dict[str, dict[str, float]],
-    end_to_end: dict[str, float],
-    accounting: dict[str, Any],
-    interval_received: int,
-    interval_lost: int,
-    input_rate_hz: float,
-    output_rate_hz: float,
-    engine: dict[str, Any] | None,
-    thresholds: Thresholds,
-    consecutive_failures: int = 0,
-    failure_burst: bool = False,
-    last_error: str = "",
-    gpu_memory_mb: float | None = None,
-    startup_error: str | None = None,
-    model_loading: str | None = None,
-    reload_error: str | None = None,
-    batch_sizes: dict[str, float] | None = None,
-    silent_s: float | None = None,
-    silence_warn_s: float = 0.0,
-    clock_mismatch: ClockMismatch | None = None,
-) -> HealthReport:
-    """The single-camera node's one status: :func:`engine_report` and :func:`camera_report`
-    together (engine problems first)."""
-    engine_part = engine_report(
-        stages=stages, engine=engine, consecutive_failures=consecutive_failures, failure_burst=failure_burst,
-        last_error=last_error, gpu_memory_mb=gpu_memory_mb, startup_error=startup_error,
-        model_loading=model_loading, reload_error=reload_error, batch_sizes=batch_sizes,
-    )
-    camera_part = camera_report(
-        end_to_end=end_to_end, accounting=accounting, interval_received=interval_received,
-        interval_lost=interval_lost, input_rate_hz=input_rate_hz, output_rate_hz=output_rate_hz,
-        thresholds=thresholds, silent_s=silent_s, silence_warn_s=silence_warn_s,
-        clock_mismatch=clock_mismatch,
-    )
-    problems = [] if engine_part.level == OK else [(engine_part.level, engine_part.message)]
-    if camera_part.level != OK:
-        problems.append((camera_part.level, camera_part.message))
-    return _combine({**engine_part.values, **camera_part.values}, problems)
+def merge_reports(*parts: HealthReport) -> HealthReport:
+    """One status out of several (the single-camera node's engine and camera parts): the values
+    of all, the worst level, the problems' messages in the order given."""
+    problems = [(part.level, part.message) for part in parts if part.level != OK]
+    values: dict[str, str] = {}
+    for part in parts:
+        values.update(part.values)
+    return _combine(values, problems)

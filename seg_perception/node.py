@@ -47,7 +47,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
 from .compressed import check_compressed, decode_jpegs_cuda, decode_to_rgb
-from .diagnostics import HealthReport, Thresholds, build_report, camera_report, engine_report
+from .diagnostics import HealthReport, Thresholds, camera_report, engine_report, merge_reports
 from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
 from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
 from .params import params_file_problem
@@ -335,34 +335,31 @@ class SegmentationNode(Node):
     # -- frames -------------------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Image) -> None:
         """Check the frame's fields (no allocation) and hand it to the scheduler."""
-        try:
-            check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
-                        self.values["max_pixels"])
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        except ImageRejected as exc:
-            self.scheduler.reject(camera, exc.reason)
-            self._log(logging.WARNING, f"rejected frame ({exc.reason}) of camera {camera!r}: {exc}")
-            return
-        except Exception as exc:  # a malformed message must not stop the executor
-            self.scheduler.reject(camera, "malformed")
-            self._log(logging.ERROR, f"rejected frame (malformed) of camera {camera!r}: {exc!r}"[:300])
-            return
-        self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
+        self._admit(camera, msg, "frame", lambda: check_image(
+            msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+            self.values["max_pixels"]))
 
     def _on_compressed(self, camera: str, msg: CompressedImage) -> None:
         """Check a compressed frame's format and its header bytes (size against ``max_pixels``,
         truncation) without decoding it, and hand it to the scheduler; decoding runs in the
         worker, so a frame that is superseded is never decoded."""
+        self._admit(camera, msg, "compressed frame",
+                    lambda: check_compressed(msg.format, msg.data, self.values["max_pixels"]))
+
+    def _admit(self, camera: str, msg: Image | CompressedImage, what: str,
+               check: Callable[[], None]) -> None:
+        """Run a message's checks; a rejected or malformed one is counted and logged (it must not
+        stop the executor), anything else goes to the camera's slot."""
         try:
-            check_compressed(msg.format, msg.data, self.values["max_pixels"])
+            check()
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         except ImageRejected as exc:
             self.scheduler.reject(camera, exc.reason)
-            self._log(logging.WARNING, f"rejected compressed frame ({exc.reason}) of camera {camera!r}: {exc}")
+            self._log(logging.WARNING, f"rejected {what} ({exc.reason}) of camera {camera!r}: {exc}")
             return
-        except Exception as exc:  # a malformed message must not stop the executor
+        except Exception as exc:
             self.scheduler.reject(camera, "malformed")
-            self._log(logging.ERROR, f"rejected compressed frame (malformed) of camera {camera!r}: {exc!r}"[:300])
+            self._log(logging.ERROR, f"rejected {what} (malformed) of camera {camera!r}: {exc!r}")
             return
         self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
 
@@ -488,8 +485,10 @@ class SegmentationNode(Node):
         device = str(engine.description["device"]) if engine else ""
         fqn = self.get_fully_qualified_name()
         if not self.cameras:
-            report = build_report(end_to_end=self.scheduler.end_to_end.summary(),
-                                  **self._camera_args(SINGLE_CAMERA, total), **self._engine_args())
+            report = merge_reports(
+                engine_report(**self._engine_args()),
+                camera_report(end_to_end=self.scheduler.end_to_end.summary(),
+                              **self._camera_args(SINGLE_CAMERA, total)))
             statuses = [self._status(f"seg_perception: {fqn}", report, device)]
         else:
             engine_part = engine_report(**self._engine_args())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from seg_perception import params as P
-from seg_perception.diagnostics import Thresholds, build_report
+from seg_perception.diagnostics import Thresholds, camera_report, engine_report, merge_reports
 from seg_perception.models.checkpoint import CheckpointNotFoundError, NotACheckpointFileError, load_checkpoint
 from seg_perception.text import TEXT_LIMIT, bounded
 
@@ -90,11 +90,13 @@ def test_diagnostics_values_and_message_are_bounded() -> None:
     stages = {"inference": dict.fromkeys(("p50", "p90", "p99", "max"), 1.0)}
     books = {"received": 1, "processed": 1, "dropped_total": 0, "rejected_total": 0, "in_flight": 0,
              "dropped": {}, "rejected": {}}
-    report = build_report(stages=stages, end_to_end={"p50": 1, "p90": 1, "p99": 1, "max": 1, "count": 1},
-                          accounting=books, interval_received=1, interval_lost=0, input_rate_hz=1.0,
-                          output_rate_hz=1.0, engine={"weights": "w" * 100_000}, thresholds=Thresholds(),
-                          last_error="e" * 100_000, failure_burst=True, consecutive_failures=9,
-                          reload_error="r" * 100_000, startup_error="s" * 100_000)
+    report = merge_reports(
+        engine_report(stages=stages, engine={"weights": "w" * 100_000}, last_error="e" * 100_000,
+                      failure_burst=True, consecutive_failures=9, reload_error="r" * 100_000,
+                      startup_error="s" * 100_000),
+        camera_report(end_to_end={"p50": 1, "p90": 1, "p99": 1, "max": 1, "count": 1}, accounting=books,
+                      interval_received=1, interval_lost=0, input_rate_hz=1.0, output_rate_hz=1.0,
+                      thresholds=Thresholds()))
     assert max(len(v) for v in report.values.values()) <= TEXT_LIMIT
     assert len(report.message) <= 1000
     assert report.values["last_error"].endswith("more chars]")

@@ -61,10 +61,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"- device: {engine.get('device')}, precision {engine.get('precision')}",
             f"- images: {', '.join(report['inputs']['transports'])}",
             f"- created: {report['created']}", ""]
-    if report["untrained"]:
-        out += [f"> **{R.UNTRAINED_WARNING}**", ""]
-    for note in report["notes"]:
-        out += [f"> **Note:** {note}", ""]
+    out += R.notice_lines(report)
     rows = [
         ("pooled mIoU (19 classes) %", R.pct(metrics["miou"])),
         ("pooled category mIoU %", R.pct(metrics["category_miou"])),

@@ -170,6 +170,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     return "\n".join(lines)
 
 
+def notice_lines(report: dict[str, Any]) -> list[str]:
+    """The block quotes a reader must see before any number: the untrained warning and the notes."""
+    out = [f"> **{UNTRAINED_WARNING}**", ""] if report["untrained"] else []
+    for note in report["notes"]:
+        out += [f"> **Note:** {note}", ""]
+    return out
+
+
 def summary_table(report: dict[str, Any]) -> str:
     return markdown_table(("metric", "value"), summary_rows(report), "ll")
 
@@ -200,10 +208,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"on {report['bag']['image_topic']}, ground truth on {report['bag']['gt_topic']})",
             f"- images: {input_text(report['bag'].get('input'))}",
             f"- created: {report['created']}", ""]
-    if report["untrained"]:
-        out += [f"> **{UNTRAINED_WARNING}**", ""]
-    for note in report["notes"]:
-        out += [f"> **Note:** {note}", ""]
+    out += notice_lines(report)
     out += ["## Summary", "", summary_table(report), ""]
     out += ["## Per-class IoU (Cityscapes protocol, 19 train ids, ignored labels excluded)", "",
             f"![per-class IoU]({PLOTS['class_iou']})", ""]
