@@ -200,7 +200,7 @@ class Collector:
 
 
 def _node_command(args: argparse.Namespace, params: dict[str, Any], namespace: str) -> list[str]:
-    command = [sys.executable, "-m", "seg_perception.node", "--ros-args", "-r", f"__ns:={namespace}"]
+    command = [sys.executable, "-m", "seg_perception.process", "--ros-args", "-r", f"__ns:={namespace}"]
     for key, value in params.items():
         text = json.dumps(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) \
             else str(value)

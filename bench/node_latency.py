@@ -2,7 +2,7 @@
 
 Three kinds of process, all on loopback in a ROS domain of their own:
 
-* the *target*: ``seg_node`` itself (``python -m seg_perception.node``), or a *relay* node that
+* the *target*: ``seg_node`` itself (``python -m seg_perception.process``), or a *relay* node that
   answers each image with a labels-sized mono8 image and no processing (``--relay-output image``
   echoes the received image instead), so the relay's latency is the DDS and rclpy cost of moving
   a camera frame in and a labels map out, and ``seg_node`` minus relay is our own processing;
@@ -341,7 +341,7 @@ def target_command(target: str, args: argparse.Namespace) -> list[str]:
     if args.weights:
         params.append(f"weights:={Path(args.weights).resolve()}")
     params += args.node_param
-    command = [sys.executable, "-m", "seg_perception.node", "--ros-args"]
+    command = [sys.executable, "-m", "seg_perception.process", "--ros-args"]
     for param in params:
         command += ["-p", param]
     return command

@@ -41,13 +41,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import format_table, run_benchmark, write_json
     from .engine import EngineConfig, OutputRequest
-    from .params import parse_yaml_mapping
+    from .params import parse_options
 
     height, width = args.size
     precision = args.precision or ("fp32" if args.device == "cpu" else "fp16")
     config = EngineConfig(
         model=args.model, variant=args.variant, weights=args.weights or "",
-        model_options=parse_yaml_mapping(args.model_options), device=args.device,
+        model_options=parse_options(args.model_options), device=args.device,
         precision=precision, crf=args.crf, compile=args.compile, backend=args.backend,
     )
     report = run_benchmark(config, height, width, args.iterations, args.warmup,

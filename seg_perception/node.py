@@ -1,9 +1,16 @@
 """``seg_node``: the rclpy adapter around :class:`~seg_perception.scheduler.Scheduler`.
 
-The node declares parameters, creates one subscription and one set of publishers per camera,
-converts messages and publishes results and ``/diagnostics``. Everything between a received
-frame and a result (latest-frame slots, the worker, batching, frame accounting, background model
-loads and the swap) is the scheduler's, which is ROS-free and tested without DDS.
+The node declares parameters (with descriptors), creates one subscription and one set of
+publishers per camera with their QoS, and publishes results and ``/diagnostics``. What needs no
+ROS lives beside the scheduler and is tested without DDS:
+
+* :mod:`~seg_perception.parameter_state`: the values, and the checks of a set request;
+* :mod:`~seg_perception.reload`: background model loads and the revert after a failed one;
+* :mod:`~seg_perception.frame_conversion`: checks at arrival, conversion (GPU or CPU JPEG decode);
+* :mod:`~seg_perception.health`: the health reports (drop ratios and clock status per period);
+* :mod:`~seg_perception.log_throttle`: rate-limited, bounded log lines;
+* :mod:`~seg_perception.topics`: topic names and the startup checks of a camera configuration;
+* :mod:`~seg_perception.scheduler`: slots, worker, batching, frame books, the engine swap.
 
 * With ``cameras`` empty the node serves one camera on ``image_topic`` and publishes
   ``segmentation/labels`` (and colour/overlay/confidence), one status on ``/diagnostics``.
@@ -13,10 +20,8 @@ loads and the swap) is the scheduler's, which is ROS-free and tested without DDS
 
 Parameter set requests are validated in the set callback (refused with the reason, nothing
 changes) and applied in the post-set callback, once ROS has accepted them: model changes then
-load in the background. The subscription callback checks a frame's fields (cheap, before any
-allocation) and hands it to the scheduler; the conversion to RGB runs in the worker
-(:meth:`SegmentationNode._to_rgb`). No callback lets an exception escape, and no tensor code
-lives here.
+load in the background. No callback lets an exception escape, and no tensor code lives here.
+The process around the node (signals, exit status) is :mod:`seg_perception.process`.
 """
 
 from __future__ import annotations
@@ -24,9 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,29 +49,25 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
-from .compressed import check_compressed, decode_jpegs_cuda, decode_to_rgb
-from .diagnostics import HealthReport, Thresholds, camera_report, engine_report, merge_reports
-from .engine import EngineConfig, OutputRequest, SegmentationEngine, SegmentationResult
-from .image_conversion import ImageRejected, check_image, image_msg_to_rgb
+from .engine import OutputRequest, SegmentationEngine, SegmentationResult
+from .frame_conversion import FrameConverter, is_compressed
+from .health import SINGLE_CAMERA, HealthReporter
+from .image_conversion import ImageRejected
+from .log_throttle import LogThrottle
+from .parameter_state import ParameterState, plain_value
 from .params import params_file_problem
-from .process import ShutdownRequested, ShutdownSignals, exit_now
-from .scheduler import CameraPolicy, Engine, Frame, Scheduler
+from .rclpy_compat import parameter_overrides, set_read_only_parameters
+from .reload import EngineFactory, ReloadController, build_engine
+from .scheduler import CameraPolicy, Frame, Scheduler
+from .shutdown import ShutdownRequested, ShutdownSignals
 from .stats import FailureTracker
-from .text import bounded, bounded_repr, one_line
-
-try:  # A ROS install provides cv_bridge; the PyPI wheels do not.
-    from cv_bridge import CvBridge
-except ImportError:  # pragma: no cover - depends on the installation
-    CvBridge = None
+from .text import one_line
+from .topics import CameraTopics, camera_topics, output_topic
+from .weights_access import allowed_weights_dirs
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
-#: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
-EngineFactory = Callable[[EngineConfig], Engine]
-
-RELOAD_PARAMS = tuple(spec.name for spec in P.PARAMS if spec.reload)
-
-#: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of SIGINT/SIGTERM.
+#: Seconds ``stop`` waits for the worker; the process must be gone within 2 s of a signal.
 STOP_TIMEOUT_S = 1.5
 
 #: Seconds between checks for a shutdown request while spinning (bounds the reaction to a signal).
@@ -80,15 +79,6 @@ STARTUP_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, Import
 
 #: Unknown parameter names warned about one by one; the rest are counted.
 MAX_UNKNOWN_REPORTED = 10
-
-#: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
-WARMUP_SIZE = (64, 64)
-
-#: The single-camera node's camera id in the scheduler and its books.
-SINGLE_CAMERA = ""
-
-#: Seconds between two log lines that start alike (per-frame problems would flood the log).
-LOG_THROTTLE_S = 5.0
 
 
 @dataclass
@@ -128,16 +118,6 @@ def _camera_descriptor(name: str, spec: P.CameraParamSpec) -> ParameterDescripto
     )
 
 
-def _plain(value: Any) -> Any:
-    """ROS array parameters arrive as ``array.array``; keep lists so values compare equal."""
-    return list(value) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
-
-
-def _model_label(values: dict[str, Any]) -> str:
-    variant = f"/{values['variant']}" if values["variant"] else ""
-    return f"{values['model']}{variant} ({values['weights'] or 'random init'})"
-
-
 class SegmentationNode(Node):
     """Subscribes to camera images, publishes per-pixel class ids and health diagnostics.
 
@@ -155,80 +135,86 @@ class SegmentationNode(Node):
             Node.destroy_node(self)  # nothing half-configured stays registered in the graph
             raise
 
+    @property
+    def values(self) -> dict[str, Any]:
+        """The node-wide parameter values in effect."""
+        return self.parameters.values
+
+    @property
+    def camera_values(self) -> dict[str, dict[str, Any]]:
+        """Per-camera overrides in effect; None = follows the node-wide parameter."""
+        return self.parameters.camera_values
+
     # -- setup --------------------------------------------------------------------------------
-    def _declare(self) -> list[str]:
-        """Declare every parameter; return the problems with their values."""
-        self.values = {}
+    def _declare(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Declare every parameter; the node-wide values and the per-camera overrides."""
+        values = {}
         for spec in P.PARAMS:
             # An empty list has no ROS type: declare it typed (it stays unset until given).
             default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
-            declared = _plain(self.declare_parameter(spec.name, default, _descriptor(spec)).value)
-            self.values[spec.name] = _plain(spec.default) if declared is None else declared
-        problems = P.validate_params(self.values)
-        self.cameras: tuple[str, ...] = tuple(self.values["cameras"])
-        #: Per-camera overrides; None = follows the node-wide parameter.
-        self.camera_values: dict[str, dict[str, Any]] = {}
+            declared = plain_value(self.declare_parameter(spec.name, default, _descriptor(spec)).value)
+            values[spec.name] = plain_value(spec.default) if declared is None else declared
+        self.cameras: tuple[str, ...] = tuple(values["cameras"])
+        camera_values: dict[str, dict[str, Any]] = {}
         if P.camera_name_problems(self.cameras):
-            return problems
+            return values, camera_values
         for camera in self.cameras:
             overrides = {}
             for spec in P.CAMERA_PARAMS:
                 name = f"{camera}.{spec.name}"
-                if spec.name == "image_topic":
-                    default = P.default_camera_topic(camera)
-                else:
-                    default = None
-                overrides[spec.name] = _plain(self.declare_parameter(name, default,
-                                                                     _camera_descriptor(name, spec)).value)
-            self.camera_values[camera] = overrides
-            problems += P.camera_param_problems(camera, overrides)
-        return problems
+                default = P.default_camera_topic(camera) if spec.name == "image_topic" else None
+                overrides[spec.name] = plain_value(self.declare_parameter(name, default,
+                                                                          _camera_descriptor(name, spec)).value)
+            camera_values[camera] = overrides
+        return values, camera_values
+
+    def _resolve_topic(self, topic: str) -> str:
+        try:
+            return self.resolve_topic_name(topic)
+        except RuntimeError as exc:  # rclpy's RCLError: not a valid topic name
+            raise ValueError(str(exc)) from None
 
     def _setup(self, engine_factory: EngineFactory) -> None:
-        problems = self._declare()
+        values, camera_values = self._declare()
         self._warn_unknown_parameters()
-        ids = self.cameras or (SINGLE_CAMERA,)
-        topics = {}
-        for camera in ids:
-            topic = self._camera_value(camera, "image_topic")
-            try:
-                topics[camera] = self.resolve_topic_name(topic)
-            except RuntimeError as exc:  # rclpy's RCLError: not a valid topic name
-                where = f"{camera}.image_topic" if camera else "image_topic"
-                problems.append(f"{where} {bounded_repr(topic, 40)} is not a valid topic name ({str(exc)[:120]})")
-        if not problems:
-            problems += P.duplicate_topic_problems(topics)
+        config = {**values, **{f"{camera}.{name}": value for camera, overrides in camera_values.items()
+                               for name, value in overrides.items() if value is not None}}
+        problems = P.validate_config(config, resolve=self._resolve_topic)
         if problems:
             raise ValueError("invalid seg_node parameters: " + "; ".join(problems))
+        self.parameters = ParameterState(values, camera_values,
+                                         allowed_weights_dirs(values["weights"], values["weights_dirs"]))
+        ids = self.cameras or (SINGLE_CAMERA,)
+        topics, _ = camera_topics(ids, self.parameters.camera_value, self._resolve_topic)
 
-        self._bridge: Any = None
         self._duplicate_seen = False
-        self._logged: dict[tuple[int, str], float] = {}
-        self._last_report: dict[str, tuple[int, int]] = {}
-        self._engine_factory = engine_factory
-        self._reverting: threading.Thread | None = None
-        #: Held by a set request for its duration, and by a finishing model load.
-        self._set_lock = threading.RLock()
+        self._log = LogThrottle(self._ros_log)
+        self.converter = FrameConverter(
+            max_pixels=lambda: self.values["max_pixels"], log=self._log,
+            device=lambda: self.scheduler.engine.device if self.scheduler.engine is not None else None)
         self.scheduler = Scheduler(
-            ids, convert=self._to_rgb, publish=self._publish, policy=self._policy,
+            ids, convert=self.converter.convert, publish=self._publish, policy=self._policy,
             clock_ns=lambda: self.get_clock().now().nanoseconds,
-            batch_wait_ms=self.values["batch_wait_ms"], max_batch_size=self.values["max_batch_size"],
-            latency_window=self.values["latency_window"],
-            failures=FailureTracker(self.values["failure_error_count"], self.values["failure_window_s"]),
-            log=self._log, clock_mismatch_s=self.values["clock_mismatch_s"],
-            convert_batch=self._convert_batch,
+            batch_wait_ms=values["batch_wait_ms"], max_batch_size=values["max_batch_size"],
+            latency_window=values["latency_window"],
+            failures=FailureTracker(values["failure_error_count"], values["failure_window_s"]),
+            log=self._log, clock_mismatch_s=values["clock_mismatch_s"],
+            convert_batch=self.converter.convert_batch,
         )
-        self._serving = {name: self.values[name] for name in RELOAD_PARAMS}
-        self._requested = dict(self._serving)
+        self.health = HealthReporter(self.scheduler)
+        self.reload = ReloadController(
+            self.scheduler, self.parameters, functools.partial(build_engine, engine_factory),
+            set_parameters=lambda revert: self.set_parameters([Parameter(n, value=v) for n, v in revert.items()]),
+            on_loaded=self._publish_labels, log=self._log)
         try:
-            self.scheduler.install(self._build_engine(self.values))
+            self.reload.start()
             self._publish_labels()
         except Exception as exc:  # any load failure is reported the same way
-            if self.values["fail_fast"]:
+            if values["fail_fast"]:
                 raise
-            self.scheduler.startup_error = bounded(f"{type(exc).__name__}: {exc}")
+            self.scheduler.startup_failed(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"model not loaded, serving nothing: {self.scheduler.startup_error}")
-        if self.scheduler.engine is not None and not self.values["weights"]:
+        if self.scheduler.engine is not None and not values["weights"]:
             self.get_logger().warning(
                 "NO WEIGHTS CONFIGURED: the model has random weights and its labels are meaningless"
             )
@@ -242,7 +228,7 @@ class SegmentationNode(Node):
         self.add_post_set_parameters_callback(self._after_set_parameters)
         # On the steady clock: under use_sim_time a ROS-time timer stops whenever the bag pauses,
         # and health reports (a silent camera above all) must not.
-        self.diagnostics_timer = self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
+        self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics,
                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._stopped = False
         self.scheduler.start()
@@ -251,44 +237,28 @@ class SegmentationNode(Node):
             self.get_logger().info(f"segmenting {io.subscription.topic_name} -> {io.labels.topic_name}")
         self.get_logger().info(f"one model for {len(ids)} camera(s): {engine}")
 
-    def _camera_io(self, camera: str, topic: str) -> CameraIO:
-        prefix = f"{camera}/" if camera else ""
+    def _camera_io(self, camera: str, topics: CameraTopics) -> CameraIO:
         reliability = (
-            ReliabilityPolicy.RELIABLE if self._camera_value(camera, "qos_reliability") == "reliable"
+            ReliabilityPolicy.RELIABLE if self.parameters.camera_value(camera, "qos_reliability") == "reliable"
             else ReliabilityPolicy.BEST_EFFORT
         )
         input_qos = QoSProfile(depth=self.values["qos_depth"], reliability=reliability,
                                history=HistoryPolicy.KEEP_LAST)
-        if self._camera_value(camera, "image_transport") == "compressed":
-            # image_transport's compressed plugin publishes on <base topic>/compressed
-            subscription = self.create_subscription(
-                CompressedImage, f"{topic.rstrip('/')}/compressed", functools.partial(self._on_compressed, camera),
-                input_qos)
-        else:
-            subscription = self.create_subscription(Image, topic, functools.partial(self._on_image, camera),
-                                                    input_qos)
-        return CameraIO(
-            camera=camera,
-            subscription=subscription,
-            labels=self.create_publisher(Image, f"{prefix}segmentation/labels", OUTPUT_QOS),
-            color=self.create_publisher(Image, f"{prefix}segmentation/color", OUTPUT_QOS),
-            overlay=self.create_publisher(Image, f"{prefix}segmentation/overlay", OUTPUT_QOS),
-            confidence=self.create_publisher(Image, f"{prefix}segmentation/confidence", OUTPUT_QOS),
-        )
-
-    def _camera_value(self, camera: str, name: str) -> Any:
-        """A camera's setting: its own override when set, else the node-wide parameter."""
-        value = self.camera_values.get(camera, {}).get(name)
-        return self.values[name] if value is None else value
+        # image_transport's compressed plugin publishes on <base topic>/compressed (topics.subscribed)
+        kind = CompressedImage if self.parameters.camera_value(camera, "image_transport") == "compressed" else Image
+        subscription = self.create_subscription(kind, topics.subscribed, functools.partial(self._on_frame, camera),
+                                                input_qos)
+        publishers = {name: self.create_publisher(Image, output_topic(camera, name), OUTPUT_QOS)
+                      for name in ("labels", "color", "overlay", "confidence")}
+        return CameraIO(camera=camera, subscription=subscription, **publishers)
 
     def _warn_unknown_parameters(self) -> None:
         """Overrides (params file, ``-p``) that name no declared parameter are typos: rclpy
-        ignores them silently, so name each with the closest known parameter."""
-        overrides = getattr(self, "_parameter_overrides", {})  # rclpy: the overrides for this node
-        unknown = [name for name in overrides if not self.has_parameter(name)]
+        ignores them silently, so name each with the closest known parameter (or camera)."""
+        unknown = [name for name in parameter_overrides(self) if not self.has_parameter(name)]
         known = [spec.name for spec in P.PARAMS if not spec.read_only]
         for name in unknown[:MAX_UNKNOWN_REPORTED]:
-            self.get_logger().warning(P.unknown_parameter_message(name, known))
+            self.get_logger().warning(P.unknown_parameter_message(name, known, self.cameras))
         if len(unknown) > MAX_UNKNOWN_REPORTED:
             self.get_logger().warning(f"... and {len(unknown) - MAX_UNKNOWN_REPORTED} more unknown parameters")
 
@@ -304,26 +274,8 @@ class SegmentationNode(Node):
             )
         self._duplicate_seen = duplicate
 
-    def _build_engine(self, values: dict[str, Any]) -> Engine:
-        """Build and warm up an engine, so its first real frame is not the one paying for lazy
-        initialisation (seconds on a cold CPU, cuDNN autotuning on a GPU)."""
-        config = P.engine_config(values)
-        engine = self._engine_factory(config)
-        warmup = getattr(engine, "warmup", None)
-        if warmup is not None:
-            warmup(*(config.inference_size or WARMUP_SIZE))
-        return engine
-
-    def _log(self, level: int, message: str) -> None:
-        """The scheduler's reports, into the ROS log; warnings and errors that start alike are
-        logged at most once per ``LOG_THROTTLE_S``. Messages are bounded: they echo frames and
-        parameter values."""
-        message = bounded(message)
-        if level >= logging.WARNING:
-            key, now = (level, message[:24]), time.monotonic()
-            if now - self._logged.get(key, -LOG_THROTTLE_S) < LOG_THROTTLE_S:
-                return
-            self._logged[key] = now
+    def _ros_log(self, level: int, message: str) -> None:
+        """Where the (throttled, bounded) reports of the scheduler and the node's parts go."""
         logger = self.get_logger()
         if level >= logging.ERROR:
             logger.error(message)
@@ -333,25 +285,14 @@ class SegmentationNode(Node):
             logger.info(message)
 
     # -- frames -------------------------------------------------------------------------------
-    def _on_image(self, camera: str, msg: Image) -> None:
-        """Check the frame's fields (no allocation) and hand it to the scheduler."""
-        self._admit(camera, msg, "frame", lambda: check_image(
-            msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
-            self.values["max_pixels"]))
-
-    def _on_compressed(self, camera: str, msg: CompressedImage) -> None:
-        """Check a compressed frame's format and its header bytes (size against ``max_pixels``,
-        truncation) without decoding it, and hand it to the scheduler; decoding runs in the
-        worker, so a frame that is superseded is never decoded."""
-        self._admit(camera, msg, "compressed frame",
-                    lambda: check_compressed(msg.format, msg.data, self.values["max_pixels"]))
-
-    def _admit(self, camera: str, msg: Image | CompressedImage, what: str,
-               check: Callable[[], None]) -> None:
-        """Run a message's checks; a rejected or malformed one is counted and logged (it must not
-        stop the executor), anything else goes to the camera's slot."""
+    def _on_frame(self, camera: str, msg: Image | CompressedImage) -> None:
+        """Check a frame's fields (a compressed one's header bytes too: size against
+        ``max_pixels``, truncation) without allocating or decoding, and hand it to the scheduler;
+        conversion runs in the worker, so a frame that is superseded is never converted. A
+        rejected or malformed frame is counted and logged (it must not stop the executor)."""
+        what = "compressed frame" if is_compressed(msg) else "frame"
         try:
-            check()
+            self.converter.check(msg)
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         except ImageRejected as exc:
             self.scheduler.reject(camera, exc.reason)
@@ -363,53 +304,11 @@ class SegmentationNode(Node):
             return
         self.scheduler.put(camera, msg, stamp_ns, self.get_clock().now().nanoseconds)
 
-    def _convert_batch(self, frames: list[Frame]) -> list[Any]:
-        """The worker's conversion of a batch: on a CUDA engine every JPEG of the batch is decoded
-        by nvJPEG in one call straight into GPU memory; the rest one by one on the CPU. One entry
-        per frame: its image, or the exception that rejects or fails it."""
-        results: list[Any] = [None] * len(frames)
-        device = getattr(self.scheduler.engine, "device", None)
-        if getattr(device, "type", None) == "cuda":
-            jpegs = [i for i, f in enumerate(frames)
-                     if isinstance(f.payload, CompressedImage) and "jpeg" in f.payload.format.lower()]
-            if jpegs:
-                payloads = [(frames[i].payload.format, frames[i].payload.data) for i in jpegs]
-                try:
-                    decoded = decode_jpegs_cuda(payloads, device=device, max_pixels=self.values["max_pixels"])
-                except (ImportError, RuntimeError) as exc:  # no nvJPEG here: the CPU decodes them
-                    self._log(logging.WARNING, f"GPU JPEG decode unavailable, decoding on the CPU: {exc!r}"[:300])
-                    decoded = [None] * len(jpegs)
-                for i, image in zip(jpegs, decoded, strict=True):
-                    results[i] = image
-        for i, frame in enumerate(frames):
-            if results[i] is None:
-                try:
-                    results[i] = self._to_rgb(frame)
-                except Exception as exc:  # handed back: it fails or rejects this frame only
-                    results[i] = exc
-        return results
-
-    def _to_rgb(self, frame: Frame) -> np.ndarray:
-        """A frame's message as a uint8 HxWx3 RGB array (called by the worker).
-
-        Our checks always run first (cv_bridge trusts the header fields); the conversion itself
-        uses cv_bridge when a ROS install provides it, else our zero-copy conversion."""
-        msg = frame.payload
-        if isinstance(msg, CompressedImage):
-            return decode_to_rgb(msg.format, msg.data, self.values["max_pixels"])
-        if CvBridge is None:
-            return image_msg_to_rgb(msg, self.values["max_pixels"])
-        check_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
-                    self.values["max_pixels"])
-        if self._bridge is None:
-            self._bridge = CvBridge()
-        return self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
-
     def _policy(self, camera: str) -> CameraPolicy:
         """Age limit and outputs for the camera's next frame: an optional output is computed only
         when enabled and someone subscribes to it."""
         io = self.camera_io[camera]
-        wanted = functools.partial(self._camera_value, camera)
+        wanted = functools.partial(self.parameters.camera_value, camera)
         return CameraPolicy(
             max_age_ms=wanted("max_age_ms"),
             outputs=OutputRequest(
@@ -440,184 +339,58 @@ class SegmentationNode(Node):
         except Exception as exc:  # diagnostics must never take the node down
             self._log(logging.ERROR, f"diagnostics failed: {exc!r}")
 
-    def _thresholds(self) -> Thresholds:
-        return Thresholds(self.values["latency_warn_ms"], self.values["latency_error_ms"],
-                          self.values["drop_warn_ratio"], self.values["drop_error_ratio"])
-
-    def _camera_args(self, camera: str, books: dict[str, Any]) -> dict[str, Any]:
-        """A camera's figures for its report; the drop ratio covers frames since the last call."""
-        stats = self.scheduler.camera_stats[camera]
-        lost = books["dropped_total"] + books["rejected_total"]
-        previous_received, previous_lost = self._last_report.get(camera, (0, 0))
-        self._last_report[camera] = (books["received"], lost)
-        return dict(
-            accounting=books, interval_received=books["received"] - previous_received,
-            interval_lost=lost - previous_lost, input_rate_hz=stats.input_rate.rate(),
-            output_rate_hz=stats.output_rate.rate(), thresholds=self._thresholds(),
-            silent_s=stats.silent_s(), silence_warn_s=self.values["silence_warn_s"],
-            clock_mismatch=self.scheduler.stamp_clocks[camera].mismatch(),
-        )
-
-    def _engine_args(self) -> dict[str, Any]:
-        scheduler = self.scheduler
-        engine = scheduler.engine
-        return dict(
-            stages={stage: w.summary() for stage, w in list(scheduler.stage_latency.items())},
-            engine=engine.description if engine else None,
-            consecutive_failures=scheduler.failures.consecutive, failure_burst=scheduler.failures.burst(),
-            last_error=scheduler.failures.last_error,
-            gpu_memory_mb=engine.memory_allocated_mb() if engine else None,
-            startup_error=scheduler.startup_error, model_loading=scheduler.loading,
-            reload_error=scheduler.reload_error, batch_sizes=scheduler.batch_sizes.summary(),
-        )
-
-    def _status(self, name: str, report: HealthReport, hardware_id: str) -> DiagnosticStatus:
-        return DiagnosticStatus(
-            level=bytes([report.level]), name=name, message=report.message, hardware_id=hardware_id,
-            values=[KeyValue(key=k, value=v) for k, v in report.values.items()],
-        )
-
     def diagnostics(self) -> DiagnosticArray:
         """The current health report: one status in single-camera mode; with ``cameras`` one
-        per camera plus one for the shared engine."""
-        total, per_camera = self.scheduler.accounting.snapshots()
-        engine = self.scheduler.engine
-        device = str(engine.description["device"]) if engine else ""
+        per camera plus one for the shared engine. Each call starts a new reporting period."""
         fqn = self.get_fully_qualified_name()
-        if not self.cameras:
-            report = merge_reports(
-                engine_report(**self._engine_args()),
-                camera_report(end_to_end=self.scheduler.end_to_end.summary(),
-                              **self._camera_args(SINGLE_CAMERA, total)))
-            statuses = [self._status(f"seg_perception: {fqn}", report, device)]
-        else:
-            engine_part = engine_report(**self._engine_args())
-            engine_part.values["cameras"] = ",".join(self.cameras)
-            for key in ("received", "processed", "dropped_total", "rejected_total", "in_flight"):
-                engine_part.values[f"total_frames_{key}"] = str(total[key])
-            statuses = [self._status(f"seg_perception: {fqn} engine", engine_part, device)]
-            for camera in self.cameras:
-                books = per_camera.get(camera) or self.scheduler.accounting.snapshot(camera)
-                report = camera_report(end_to_end=self.scheduler.camera_stats[camera].end_to_end.summary(),
-                                       **self._camera_args(camera, books))
-                topic = self.camera_io[camera].subscription.topic_name
-                report.values["image_topic"] = topic
-                statuses.append(self._status(f"seg_perception: {fqn} camera {camera}", report, topic))
-        array = DiagnosticArray(status=statuses)
+        topics = {camera: io.subscription.topic_name for camera, io in self.camera_io.items()}
+        array = DiagnosticArray(status=[
+            DiagnosticStatus(level=bytes([s.report.level]), name=f"seg_perception: {fqn}{s.name_suffix}",
+                             message=s.report.message, hardware_id=s.hardware_id,
+                             values=[KeyValue(key=k, value=v) for k, v in s.report.values.items()])
+            for s in self.health.statuses(self.values, self.cameras, topics)
+        ])
         array.header.stamp = self.get_clock().now().to_msg()
         return array
 
     # -- parameters ---------------------------------------------------------------------------
-    def _changed(self, changes: list[Parameter]) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool, str]:
-        """The parameter values after ``changes``, whether the model must reload, and the reason
-        the changes are refused ("" when they are not)."""
-        values = dict(self.values)
-        cameras = {camera: dict(v) for camera, v in self.camera_values.items()}
-        reload = False
-        for change in changes:
-            value = _plain(change.value)
-            spec = P.PARAMS_BY_NAME.get(change.name)
-            camera, _, name = change.name.partition(".")
-            if spec is not None:
-                if value == values[change.name]:
-                    continue
-                if not (spec.dynamic or spec.reload):
-                    return values, cameras, reload, f"{change.name} takes effect only on restart"
-                reload |= spec.reload
-                values[change.name] = value
-            elif camera in cameras and name in P.CAMERA_PARAMS_BY_NAME:
-                if value == cameras[camera][name]:
-                    continue
-                if not P.CAMERA_PARAMS_BY_NAME[name].dynamic:
-                    return values, cameras, reload, f"{change.name} takes effect only on restart"
-                cameras[camera][name] = value
-            # anything else is not ours (e.g. use_sim_time)
-        return values, cameras, reload, ""
-
     def set_parameters(self, parameter_list: list[Parameter]) -> list[SetParametersResult]:
         """As :meth:`Node.set_parameters`; a model load finishing meanwhile waits until all the
         parameters are set, so each is validated against the same loading state."""
-        with self._set_lock:
+        with self.reload.lock:
             return super().set_parameters(parameter_list)
 
     def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
-        with self._set_lock:
+        with self.reload.lock:
             return super().set_parameters_atomically(parameter_list)
 
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         """Validate only: refuse invalid changes with the reason; nothing changes here."""
-        if self._reverting is threading.current_thread():
+        if self.reload.reverting():
             return SetParametersResult(successful=True, reason="reverted after a failed load")
-        values, cameras, reload, refused = self._changed(changes)
-        if refused:
-            return SetParametersResult(successful=False, reason=bounded(refused))
-        problems = P.validate_params(values)
-        for camera, overrides in cameras.items():
-            problems += P.camera_param_problems(camera, overrides)
-        if problems:
-            return SetParametersResult(successful=False, reason=bounded("; ".join(problems), 2000))
-        loading = self.scheduler.loading
-        if reload and loading is not None:
-            return SetParametersResult(successful=False,
-                                       reason=f"model {loading} is still loading; retry when it is done")
-        if reload:
-            return SetParametersResult(
-                successful=True,
-                reason=bounded(f"loading {_model_label(values)} in the background; the current model serves "
-                               "until then"),
-            )
-        return SetParametersResult(successful=True)
+        check = self.parameters.check([(p.name, p.value) for p in changes], loading=self.scheduler.loading)
+        return SetParametersResult(successful=check.successful, reason=check.reason)
 
     def _after_set_parameters(self, changes: list[Parameter]) -> None:
         """Apply accepted changes; a model change starts a background load."""
-        values, cameras, _, _ = self._changed(changes)
-        self.values, self.camera_values = values, cameras
-        self.scheduler.failures.configure(values["failure_error_count"], values["failure_window_s"])
-        self.scheduler.batch_wait_ms = values["batch_wait_ms"]
-        self.scheduler.max_batch_size = values["max_batch_size"]
-        self.scheduler.clock_mismatch_s = values["clock_mismatch_s"]
-        wanted = {name: values[name] for name in RELOAD_PARAMS}
-        if self._reverting is threading.current_thread() or wanted == self._requested:
-            return
-        self._requested = wanted
-        snapshot = dict(values)
-
-        def loaded() -> None:
-            self._serving = wanted
-            self._publish_labels()
-
-        if not self.scheduler.load(_model_label(snapshot), lambda: self._build_engine(snapshot),
-                                   on_loaded=loaded, on_failed=self._revert, completion_lock=self._set_lock):
-            self._log(logging.ERROR, "a model load is already running; the new model parameters "
-                                     "take effect with the next model change")
+        values = self.parameters.apply([(p.name, p.value) for p in changes]).values
+        self.scheduler.configure(
+            batch_wait_ms=values["batch_wait_ms"], max_batch_size=values["max_batch_size"],
+            clock_mismatch_s=values["clock_mismatch_s"], failure_error_count=values["failure_error_count"],
+            failure_window_s=values["failure_window_s"])
+        self.reload.parameters_applied()
 
     def _publish_labels(self) -> None:
         """Point the read-only ``class_names``/``palette`` at the serving model's labels (a
-        checkpoint trained on a custom class set records its own). The node's own update, so the
-        read-only check is bypassed by passing the descriptors, as rclpy does when declaring."""
+        checkpoint trained on a custom class set records its own)."""
         engine = self.scheduler.engine
-        names, palette = getattr(engine, "class_names", None), getattr(engine, "palette", None)
-        if names is None or palette is None:
+        if engine is None:
             return
-        params = [Parameter("class_names", value=[str(n) for n in names]),
-                  Parameter("palette", value=[int(c) for c in np.asarray(palette).reshape(-1)])]
+        params = [Parameter("class_names", value=[str(n) for n in engine.class_names]),
+                  Parameter("palette", value=[int(c) for c in np.asarray(engine.palette).reshape(-1)])]
         for param in params:  # known values first, so the set callbacks see no change to refuse
             self.values[param.name] = param.value
-        self._set_parameters_atomically_common(params, {p.name: self.describe_parameter(p.name) for p in params})
-
-    def _revert(self, reason: str) -> None:
-        """After a failed load: put the model parameters back to what is serving, so they never
-        describe a model that is not running."""
-        serving = _model_label(self._serving) if self.scheduler.engine is not None else "nothing"
-        self._log(logging.ERROR, f"still serving {serving} ({reason[:300]})")
-        self._requested = dict(self._serving)
-        revert = {n: v for n, v in self._serving.items() if self.values[n] != v}
-        self._reverting = threading.current_thread()
-        try:
-            if revert:
-                self.set_parameters([Parameter(n, value=v) for n, v in revert.items()])
-        finally:
-            self._reverting = None
+        set_read_only_parameters(self, params)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -630,7 +403,7 @@ class SegmentationNode(Node):
         finished = self.scheduler.stop(timeout)
         books = self.scheduler.accounting.snapshot()
         # A frame still in an inference that outlasted the timeout is not waited for: the
-        # process entry point ends without finalising the interpreter (see process.py).
+        # process entry point ends without finalising the interpreter (see shutdown.py).
         abandoned = "" if finished else f", {books['in_flight']} in an unfinished inference"
         self.get_logger().info(
             f"stopped in {(time.monotonic() - started) * 1e3:.0f} ms: {books['received']} frames received, "
@@ -652,7 +425,8 @@ def _image(header: Any, array: Any, encoding: str) -> Image:
 
 
 def run(args: list[str] | None, signals: ShutdownSignals) -> int:
-    """Run ``seg_node`` until SIGINT/SIGTERM; the exit status.
+    """Run ``seg_node`` until a signal asks it to stop; the exit status. Called by
+    :func:`seg_perception.process.main`, which installed ``signals``.
 
     0 after a signal (at any moment: startup, model loading, inference, twice in a row); 1 when
     the node cannot start (invalid parameters, a model that fails to load with ``fail_fast``);
@@ -694,23 +468,5 @@ def run(args: list[str] | None, signals: ShutdownSignals) -> int:
     return 0
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console entry point (``ros2 run seg_perception seg_node``); see :func:`run`.
-
-    As the process entry (``args`` None) the process ends here through
-    :func:`~seg_perception.process.exit_now`, never by interpreter finalisation, which can abort
-    while a torch operator is still running in the worker thread.
-    """
-    signals = ShutdownSignals().install()
-    try:
-        code = run(args, signals)
-    except ShutdownRequested:
-        code = 0
-    if args is None:
-        exit_now(code)
-    signals.restore()
-    return code
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit("seg_node: start it with `ros2 run seg_perception seg_node` or `python -m seg_perception.process`")

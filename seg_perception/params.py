@@ -1,8 +1,10 @@
 """The node's parameters: names, defaults, descriptions and validation, without ROS.
 
 One table drives the node's declarations (with descriptors), runtime set requests, the shipped
-``config/seg.yaml`` (tested to match), the launch file check and the evaluator, so a parameter
-cannot exist in one place and be missing in another.
+``config/seg.yaml`` (tested to match), the launch file's arguments (tested to name parameters of
+this table) and the evaluator, so a parameter cannot exist in one place and be missing in another.
+:func:`validate_config` is the node's startup check of a whole configuration (cameras and their
+topics included), and works on a params file as well.
 
 Three kinds of parameter: ``dynamic`` ones take effect on the next frame, ``reload`` ones (the
 model and how it runs) rebuild the engine in the background while the old one keeps serving, and
@@ -27,6 +29,7 @@ from .cityscapes import CLASS_NAMES, PALETTE
 from .engine import COMPILE_MODES, DEVICES, PRECISIONS, EngineConfig
 from .image_conversion import DEFAULT_MAX_PIXELS
 from .text import ECHO_LIMIT, bounded, bounded_repr, one_line
+from .topics import Resolver, camera_topics, topic_problems
 
 Validator = Callable[[Any], str | None]
 
@@ -41,6 +44,8 @@ MAX_CLASSES = 255
 MAX_OPTION_KEYS = 32
 MAX_OPTION_LIST = 64
 MAX_OPTION_STRING = 256
+#: Most folders ``weights_dirs`` may list.
+MAX_WEIGHTS_DIRS = 32
 
 
 class OptionsError(ValueError):
@@ -157,6 +162,18 @@ def _weights(v: str) -> str | None:
     return weights_path_problem(v) if v else None
 
 
+def _weights_dirs(v: Any) -> str | None:
+    """Absolute folder paths (``~`` expanded), a few of them: where runtime ``weights`` may load from."""
+    if len(v) > MAX_WEIGHTS_DIRS:
+        return f"must list at most {MAX_WEIGHTS_DIRS} folders, got {len(v)}"
+    for folder in v:
+        if not isinstance(folder, str) or not folder or len(folder) > 1024 or any(ord(c) < 32 for c in folder):
+            return f"must be folder paths of at most 1024 printable characters, got {bounded_repr(folder, 80)}"
+        if not os.path.isabs(os.path.expanduser(folder)):
+            return f"must be absolute folder paths (or start with ~), got {bounded_repr(folder, 80)}"
+    return None
+
+
 def _topic(v: str) -> str | None:
     """ROS topic names: letters, digits, ``_``, ``/``, ``~``, ``{}`` (substitutions); not empty."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_/~{}")
@@ -193,6 +210,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("variant", "", "Architecture variant; empty = the model's default variant.", reload=True),
     ParamSpec("weights", "", "Checkpoint file; empty = random weights (labels meaningless, logged loudly).",
               validate=_weights, reload=True),
+    ParamSpec("weights_dirs", [],
+              "Folders a runtime change of weights may load checkpoints from (set at launch only); empty = "
+              "the folder of the startup weights and the package's shipped weights. See 'Security' in the "
+              "README.", validate=_weights_dirs),
     ParamSpec("num_classes", 19, "Number of classes the model predicts (19 = Cityscapes train ids; at most 255: "
               "labels are mono8).", validate=_in_range(1, MAX_CLASSES), range=(1, MAX_CLASSES), reload=True),
     ParamSpec("model_options", "{}",
@@ -359,15 +380,6 @@ def camera_param_problems(camera: str, values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def duplicate_topic_problems(topics: Mapping[str, str]) -> list[str]:
-    """Two cameras reading one (resolved) topic would each get the other's frames."""
-    owners: dict[str, list[str]] = {}
-    for camera, topic in topics.items():
-        owners.setdefault(topic, []).append(camera)
-    return [f"cameras {', '.join(cams)} all read {topic}; each camera needs its own image_topic"
-            for topic, cams in owners.items() if len(cams) > 1]
-
-
 def split_camera_params(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Separate a params file's node-wide values from its per-camera sections.
 
@@ -387,19 +399,34 @@ def split_camera_params(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return node_wide, cameras
 
 
-def validate_config(values: Mapping[str, Any]) -> list[str]:
-    """:func:`validate_params` plus the cameras: names, per-camera sections, duplicate topics
-    (compared as written; the node compares them resolved in its namespace)."""
+def validate_config(values: Mapping[str, Any], resolve: Resolver | None = None) -> list[str]:
+    """Every problem of a whole configuration: :func:`validate_params`, the camera names, each
+    camera's section, sections for cameras that are not in ``cameras``, and the topics (two
+    cameras on one subscribed topic, a camera reading the node's own output; see
+    :mod:`~seg_perception.topics`). The node runs it at startup with its topic resolver (names
+    compared in its namespace, with remapping); without ``resolve`` names are compared as written.
+    ``values`` is a params file's mapping (:func:`load_params_file`): per-camera values as
+    nested sections or dotted names."""
     node_wide, sections = split_camera_params(values)
     problems = validate_params(node_wide)
     cameras = list(node_wide.get("cameras") or [])
     for camera in sorted(set(sections) - set(cameras)):
-        problems.append(f"parameters for {bounded_repr(camera, 40)}, which is not in cameras")
+        problems.append(f"camera {bounded_repr(camera, 40)} is not in cameras: its parameters are ignored")
+    if camera_name_problems(cameras):
+        return problems
     for camera in dict.fromkeys(cameras):
         problems += camera_param_problems(camera, sections.get(camera, {}))
-    if not camera_name_problems(cameras):
-        topics = {c: sections.get(c, {}).get("image_topic") or default_camera_topic(c) for c in cameras}
-        problems += duplicate_topic_problems(topics)
+
+    def setting(camera: str, name: str) -> Any:
+        value = sections.get(camera, {}).get(name)
+        if value is None and camera and name == "image_topic":
+            return default_camera_topic(camera)
+        return node_wide.get(name, PARAMS_BY_NAME[name].default) if value is None else value
+
+    topics, unresolved = camera_topics(cameras or [""], setting, resolve or (lambda topic: topic))
+    problems += unresolved
+    if not problems:
+        problems += topic_problems(topics, resolve or (lambda topic: topic))
     return problems
 
 
@@ -464,7 +491,7 @@ def _engine_problems(values: Mapping[str, Any]) -> list[str]:
         defaults_ = model_option_defaults(values["model"], values["variant"] or None)
     except ModelConfigError as exc:
         return [bounded(exc)]
-    options = parse_yaml_mapping(values["model_options"])
+    options = parse_options(values["model_options"])
     unknown = sorted(set(options) - set(defaults_))
     if unknown:
         return [bounded(f"model_options: unknown option(s) {', '.join(unknown)} for model {values['model']!r}; "
@@ -474,7 +501,7 @@ def _engine_problems(values: Mapping[str, Any]) -> list[str]:
         if problem:
             return [bounded(f"model_options: {key} {problem}")]
     try:
-        CRFConfig(mode=values["crf"], **parse_yaml_mapping(values["crf_options"])).validate()
+        CRFConfig(mode=values["crf"], **parse_options(values["crf_options"])).validate()
     except TypeError as exc:  # an unknown option name
         return [bounded(f"crf_options: {exc}".replace("CRFConfig.__init__() ", ""))]
     except CRFConfigError as exc:
@@ -497,11 +524,6 @@ def _option_type_problem(value: Any, default: Any) -> str | None:
     else:
         kind, ok = type(default).__name__, _same_kind(value, default)
     return None if ok else f"must be {kind}, got {bounded_repr(value, 80)}"
-
-
-def parse_yaml_mapping(text: str) -> dict[str, Any]:
-    """``model_options``/``crf_options`` string -> dict (see :func:`parse_options`)."""
-    return dict(parse_options(text))
 
 
 def defaults() -> dict[str, Any]:
@@ -528,12 +550,12 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         variant=values.get("variant") or None,
         weights=values.get("weights", ""),
         num_classes=int(values.get("num_classes", 19)),
-        model_options=parse_yaml_mapping(values.get("model_options", "{}")),
+        model_options=parse_options(values.get("model_options", "{}")),
         device=values.get("device", "auto"),
         precision=values.get("precision", "auto"),
         inference_size=None if size == (0, 0) else size,
         crf=values.get("crf", "none"),
-        crf_options=parse_yaml_mapping(values.get("crf_options", "{}")),
+        crf_options=parse_options(values.get("crf_options", "{}")),
         compile=values.get("compile", "none"),
         backend=values.get("backend", "auto"),
         cache_dir=values.get("cache_dir", ""),
@@ -571,9 +593,17 @@ def params_file_problem(argv: list[str]) -> str | None:
     return None
 
 
-def unknown_parameter_message(name: str, known: list[str]) -> str:
+def unknown_parameter_message(name: str, known: list[str], cameras: tuple[str, ...] = ()) -> str:
     """A warning for a parameter nobody declared (a typo in a params file or a ``-p``),
-    naming the closest known parameter."""
+    naming the closest known parameter; for a per-camera parameter of a camera that is not in
+    ``cameras``, saying so (and naming the closest camera)."""
+    camera, dot, camera_param = name.partition(".")
+    if dot and camera_param in CAMERA_PARAMS_BY_NAME and camera not in cameras:
+        close = difflib.get_close_matches(camera, cameras, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(cameras) if cameras else "none"
+        return (f"parameter {one_line(repr(name), 80)} is ignored: camera {one_line(repr(camera), 80)} is not "
+                f"in cameras (cameras: {one_line(listed, 200)}){hint}")
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown parameter {one_line(repr(name), 80)} is ignored{hint}"

@@ -385,6 +385,26 @@ class Scheduler:
         for stamps in self.stamp_clocks.values():
             stamps.limit_s = value
 
+    def configure(self, *, batch_wait_ms: float | None = None, max_batch_size: int | None = None,
+                  clock_mismatch_s: float | None = None, failure_error_count: int | None = None,
+                  failure_window_s: float | None = None) -> None:
+        """Change the runtime settings (those given; the others stay): batching, the stamp clock
+        limit and the failure burst rule. Read per cycle or per frame, so they apply at once."""
+        if batch_wait_ms is not None:
+            self.batch_wait_ms = batch_wait_ms
+        if max_batch_size is not None:
+            self.max_batch_size = max_batch_size
+        if clock_mismatch_s is not None:
+            self.clock_mismatch_s = clock_mismatch_s
+        if failure_error_count is not None or failure_window_s is not None:
+            self.failures.configure(
+                self.failures.threshold if failure_error_count is None else failure_error_count,
+                self.failures.window_s if failure_window_s is None else failure_window_s)
+
+    def startup_failed(self, reason: str) -> None:
+        """No engine could be built at startup: serve nothing and report ``reason`` (bounded)."""
+        self.startup_error = bounded(reason)
+
     @staticmethod
     def frame_age_ms(frame: Frame, now_ns: int) -> float:
         """Age of a frame at ``now_ns`` (scheduler clock): from its header stamp when that is on

@@ -110,6 +110,8 @@ class StampClock:
         self._mismatch: ClockMismatch | None = None
         self._from_arrival = 0
         self._transition: str | None = None
+        #: The latest mismatch of a frame since the last :meth:`period_mismatch` call.
+        self._period_mismatch: ClockMismatch | None = None
 
     @property
     def limit_s(self) -> float:
@@ -135,7 +137,7 @@ class StampClock:
             self._from_arrival += 1
             offset = (received_ns - stamp_ns) / 1e9 if kind in ("behind", "ahead") else None
             previous = self._mismatch
-            self._mismatch = ClockMismatch(kind, offset, self._from_arrival)
+            self._mismatch = self._period_mismatch = ClockMismatch(kind, offset, self._from_arrival)
             if previous is None or previous.kind != kind:
                 self._transition = self._mismatch.message
             return Arrival(stamp_ns, received_ns, steady, on_clock=False)
@@ -157,6 +159,18 @@ class StampClock:
         """The stream's state as of its latest frame: None while its stamps are on the clock."""
         with self._lock:
             return self._mismatch
+
+    def period_mismatch(self) -> ClockMismatch | None:
+        """The state to report for the period since the previous call, and a new period starts.
+
+        The current mismatch when there is one; else, when some frame of the period was off the
+        clock (stamps that are on and off it by turns), the latest mismatch of the period; None
+        only when every frame of the period was on the clock. A diagnostics report covers its
+        whole period this way, not only the frame that happened to come last.
+        """
+        with self._lock:
+            seen, self._period_mismatch = self._period_mismatch, None
+            return self._mismatch or seen
 
     def take_transition(self) -> str | None:
         """A line to log when the state changed since the last call (entered, changed kind, or

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -26,6 +27,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from seg_perception.cityscapes import CLASS_NAMES, PALETTE
 from seg_perception.engine import EngineConfig, OutputRequest, SegmentationResult
 from seg_perception.node import SegmentationNode
 
@@ -70,6 +72,10 @@ class FakeEngine:
     (GIL-free) sleep. The offset tells which engine produced a label image."""
 
     asynchronous = False
+    device = torch.device("cpu")
+    #: Cityscapes' labels, as a real engine without a label-carrying checkpoint has.
+    class_names = CLASS_NAMES
+    palette = PALETTE
 
     def __init__(self, config: EngineConfig | None = None, delay_s: float = 0.0, label_offset: int = 0) -> None:
         self.config = config or EngineConfig(device="cpu", precision="fp32")
@@ -83,6 +89,9 @@ class FakeEngine:
 
     def memory_allocated_mb(self) -> None:
         return None
+
+    def warmup(self, height: int, width: int) -> None:
+        self.warmed_up = (height, width)
 
     def submit(self, frame: np.ndarray, outputs: OutputRequest | None = None) -> _Pending:
         started = time.perf_counter()

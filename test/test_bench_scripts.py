@@ -356,7 +356,7 @@ def test_target_commands() -> None:
     args = node_latency.build_parser().parse_args(
         ["--weights", "/w.pt", "--node-param", "device:=cuda", "--qos", "reliable"])
     node = node_latency.target_command("seg_node", args)
-    assert node[1:4] == ["-m", "seg_perception.node", "--ros-args"]
+    assert node[1:4] == ["-m", "seg_perception.process", "--ros-args"]
     for param in ("weights:=/w.pt", "device:=cuda", "qos_reliability:=reliable", "image_topic:=camera/image_raw"):
         assert param in node
     relay = node_latency.target_command("relay", args)

@@ -179,7 +179,7 @@ def test_invalid_startup_parameters_refuse_to_start(ros) -> None:
 
 def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeypatch) -> None:
     """With cv_bridge importable the node validates first, then lets cv_bridge convert."""
-    import seg_perception.node as node_module
+    import seg_perception.frame_conversion as conversion_module
     from seg_perception.image_conversion import image_msg_to_rgb
 
     calls: list[str] = []
@@ -189,7 +189,7 @@ def test_cv_bridge_converts_when_a_ros_install_provides_it(ros, weights, monkeyp
             calls.append(f"{msg.encoding}->{desired_encoding}")
             return np.ascontiguousarray(image_msg_to_rgb(msg))
 
-    monkeypatch.setattr(node_module, "CvBridge", FakeBridge)
+    monkeypatch.setattr(conversion_module, "CvBridge", FakeBridge)
     node = ros.add(lambda **kw: SegmentationNode(namespace="bridge", **kw), device="cpu", precision="fp32",
                    weights=weights, max_age_ms=0.0)
     try:

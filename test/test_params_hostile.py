@@ -125,13 +125,18 @@ def test_node_set_results_logs_and_diagnostics_stay_bounded(tmp_path: Path) -> N
 
     ros = RosHarness()
     try:
-        node = ros.add(partial(SegmentationNode, engine_factory=factory), device="cpu", precision="fp32")
+        # Runtime weights may only come from tmp_path: every hostile value below is refused at set
+        # time, so no load is running when the long path is set (it is the only one started).
+        node = ros.add(partial(SegmentationNode, engine_factory=factory), device="cpu", precision="fp32",
+                       weights_dirs=[str(tmp_path)])
         for name in P.STRING_PARAMS:
             for kind, value in HOSTILE.items():
                 (result,) = node.set_parameters([Parameter(name, value=value)])
                 assert len(result.reason) <= 2000, (name, kind)
-                if name != "weights":
-                    assert not result.successful, (name, kind)
+                assert not result.successful, (name, kind)
+                if name == "weights":
+                    assert "outside weights_dirs" in result.reason, (kind, result.reason)
+        assert node.scheduler.loading is None
         long_path = str(tmp_path / ("w" * 3000))  # accepted (a missing file is the loader's to report)
         (result,) = node.set_parameters([Parameter("weights", value=long_path)])
         assert result.successful and len(result.reason) <= 2000

@@ -23,7 +23,7 @@ from rosbags.rosbag2 import Reader, Writer
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 
-from seg_perception import node as node_module
+from seg_perception import frame_conversion
 from seg_perception.compressed import decode_to_rgb
 from seg_perception.diagnostics import WARN
 from seg_perception.evaluation.bag_io import TYPESTORE, image_message
@@ -197,7 +197,7 @@ def test_on_a_cuda_engine_jpegs_of_a_batch_go_to_nvjpeg_in_one_call(monkeypatch:
                 results.append(exc)
         return results
 
-    monkeypatch.setattr(node_module, "decode_jpegs_cuda", fake_nvjpeg)
+    monkeypatch.setattr(frame_conversion, "decode_jpegs_cuda", fake_nvjpeg)
     rgb = np.full((8, 8, 3), 40, np.uint8)
     jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
     png = cv2.imencode(".png", rgb)[1].tobytes()
@@ -210,7 +210,7 @@ def test_on_a_cuda_engine_jpegs_of_a_batch_go_to_nvjpeg_in_one_call(monkeypatch:
         node = SegmentationNode(parameter_overrides=[Parameter("image_transport", value="compressed")],
                                 context=context, engine_factory=CudaFakeEngine)
         frames = [Frame("", msg, 0, 0) for msg in messages]
-        results = node._convert_batch(frames)
+        results = node.converter.convert_batch(frames)
         node.destroy_node()
     finally:
         context.try_shutdown()

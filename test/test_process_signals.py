@@ -22,7 +22,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from reliability_support import CPU_PARAMS, FakeEngine, image_msg
 from sensor_msgs.msg import Image
 
-from seg_perception import node as node_module
+from seg_perception import process
 from seg_perception.node import SegmentationNode
 from seg_perception.params import params_file_problem, unknown_parameter_message
 
@@ -137,7 +137,7 @@ def test_bad_params_file_is_one_line_and_exit_2(tmp_path: Path, content: str | N
         path.write_text(content)
     argv = ["--ros-args", "-p", "device:=cpu", "--params-file", str(path)]
     assert expected in params_file_problem(argv)
-    assert node_module.main(argv) == 2
+    assert process.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seg_node: params file") and expected in err and "\n" not in err
 

@@ -91,7 +91,7 @@ def test_each_bad_file_gives_its_own_error(tmp_path: Path, regseg_state) -> None
 def test_fail_fast_exits_non_zero_naming_the_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "absent_weights.pth"
     proc = subprocess.run(
-        [sys.executable, "-m", "seg_perception.node", "--ros-args", "-p", "device:=cpu",
+        [sys.executable, "-m", "seg_perception.process", "--ros-args", "-p", "device:=cpu",
          "-p", "precision:=fp32", "-p", f"weights:={missing}"],
         capture_output=True, text=True, timeout=60, env=dict(os.environ),
     )

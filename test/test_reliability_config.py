@@ -4,6 +4,7 @@ until the swap (or for good, when the load fails)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -17,7 +18,8 @@ from reliability_support import CPU_PARAMS, FakeEngine, NodeHarness, image_msg
 from seg_perception.diagnostics import OK, WARN
 from seg_perception.engine import EngineConfig
 from seg_perception.models.checkpoint import CheckpointNotFoundError
-from seg_perception.node import SegmentationNode, _plain
+from seg_perception.node import SegmentationNode
+from seg_perception.parameter_state import plain_value
 
 pytestmark = pytest.mark.ros
 
@@ -69,7 +71,7 @@ def test_invalid_startup_values_are_refused_with_the_reason(context, overrides, 
 
 def test_seg_node_exits_non_zero_with_the_reason_on_invalid_parameters() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "seg_perception.node", "--ros-args", "-p", "device:=cpu",
+        [sys.executable, "-m", "seg_perception.process", "--ros-args", "-p", "device:=cpu",
          "-p", "precision:=fp32", "-p", "model:=no_such_net"],
         capture_output=True, text=True, timeout=60,
     )
@@ -101,7 +103,7 @@ def test_invalid_runtime_values_are_refused_and_change_nothing(fake_harness, nam
     result = node.set_parameters([Parameter(name, value=value)])[0]
     assert not result.successful and reason in result.reason
     assert node.values == before_values and node.scheduler.engine is before_engine
-    assert _plain(node.get_parameter(name).value) == before_values[name]
+    assert plain_value(node.get_parameter(name).value) == before_values[name]
 
 
 def test_an_atomic_set_with_one_bad_value_applies_none(fake_harness) -> None:
@@ -118,6 +120,10 @@ def _label_of(harness: NodeHarness, frame_id: str, red: int = 10) -> int:
     return int(harness.wait_labels(frame_id).labels[0, 0]) - red
 
 
+#: Runtime ``weights`` changes below name files relative to the working folder.
+HERE = {"weights_dirs": [os.getcwd()]}
+
+
 def test_model_swap_loads_in_background_while_the_old_model_serves() -> None:
     gate = threading.Event()
     loading = threading.Event()
@@ -129,7 +135,7 @@ def test_model_swap_loads_in_background_while_the_old_model_serves() -> None:
             return FakeEngine(config, label_offset=100)
         return FakeEngine(config)
 
-    with NodeHarness(engine_factory=factory) as h:
+    with NodeHarness(HERE, engine_factory=factory) as h:
         old = h.node.scheduler.engine
         result = h.node.set_parameters([Parameter("weights", value="new.pth")])[0]
         assert result.successful
@@ -156,7 +162,7 @@ def test_a_failed_load_keeps_the_old_model_reverts_and_reports_why() -> None:
             raise CheckpointNotFoundError("weights file 'missing.pth' does not exist")
         return FakeEngine(config, label_offset=len(config.weights))
 
-    with NodeHarness(engine_factory=factory) as h:
+    with NodeHarness(HERE, engine_factory=factory) as h:
         old = h.node.scheduler.engine
         assert h.node.set_parameters([Parameter("weights", value="missing.pth"),
                                       Parameter("num_classes", value=7)])[0].successful

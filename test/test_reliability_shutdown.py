@@ -28,7 +28,7 @@ SHUTDOWN_LIMIT_S = 2.0
 
 def _seg_node_command() -> list[str]:
     script = shutil.which("seg_node", path=os.path.dirname(sys.executable))
-    return [script] if script else [sys.executable, "-m", "seg_perception.node"]
+    return [script] if script else [sys.executable, "-m", "seg_perception.process"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

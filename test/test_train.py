@@ -165,7 +165,8 @@ def test_node_class_names_follow_the_checkpoint(drive: Path, runs: dict[str, Pat
     rclpy.init(context=context)
     try:
         overrides = [Parameter("device", value="cpu"), Parameter("precision", value="fp32"),
-                     Parameter("num_classes", value=3), Parameter("weights", value=str(tmp_path / "best.pth"))]
+                     Parameter("num_classes", value=3), Parameter("weights", value=str(tmp_path / "best.pth")),
+                     Parameter("weights_dirs", value=[str(tmp_path), str(runs["straight"])])]
         node = SegmentationNode(parameter_overrides=overrides, context=context)
         try:
             assert node.get_parameter("class_names").value == ["drivable", "walkable", "vehicle"]

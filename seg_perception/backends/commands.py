@@ -17,7 +17,7 @@ from ..cli import parse_size
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..models import build_model, load_checkpoint
-    from ..params import parse_yaml_mapping
+    from ..params import parse_options
     from . import backend_problem
     from .cache import ArtifactCache
     from .export import ExportSpec, cached_onnx, check_crf_not_exported, read_metadata
@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_crf_not_exported(args.crf)
     if args.format == "tensorrt" and (problem := backend_problem("tensorrt", "cuda", "none")):
         raise ValueError(problem)
-    options = parse_yaml_mapping(args.model_options)
+    options = parse_options(args.model_options)
     model = build_model(args.model, args.num_classes, args.variant, **options).eval()
     if args.weights:
         load_checkpoint(model, args.weights)

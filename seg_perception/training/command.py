@@ -8,12 +8,12 @@ from ..cli import parse_size
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..params import parse_yaml_mapping
+    from ..params import parse_options
     from .trainer import TrainConfig, train
 
     config = TrainConfig(
         data=args.data, out=args.out, split=args.split, val=args.val or [], val_split=args.val_split,
-        model=args.model, variant=args.variant, model_options=parse_yaml_mapping(args.model_options),
+        model=args.model, variant=args.variant, model_options=parse_options(args.model_options),
         label_mapping=args.label_mapping, iterations=args.iterations, batch_size=args.batch_size,
         crop=args.crop, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, class_balance=args.class_balance, init=args.init, resume=args.resume,

@@ -1,0 +1,110 @@
+"""Model changes at runtime, without ROS: build in the background, swap, or put the parameters back.
+
+A set request that changes the model (``model``, ``weights``, ``device``, ...) is accepted at
+once; :class:`ReloadController` then has the scheduler build the new engine in a loader thread
+while the current one keeps serving (:meth:`~seg_perception.scheduler.Scheduler.load`). Two
+outcomes:
+
+* the load succeeds: the scheduler swaps the engine in between two batches, and the controller
+  records what is serving now and calls ``on_loaded`` (the node publishes the new class names);
+* the load fails: the old engine keeps serving, and the controller puts the model parameters
+  back to the serving values through ``set_parameters`` (the node's ``set_parameters``), so the
+  parameters never describe a model that is not running. That set request comes from the loader
+  thread and is accepted without checks (:meth:`ReloadController.reverting`); it must not start
+  another load.
+
+:attr:`ReloadController.lock` is held by a whole set request and by a finishing load, so a load
+never completes halfway through a request of several parameters (each is checked against the
+same loading state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import params as P
+from .engine import EngineConfig
+from .parameter_state import ParameterState, model_label
+from .scheduler import Engine, Scheduler
+
+#: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
+EngineFactory = Callable[[EngineConfig], Engine]
+
+#: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
+WARMUP_SIZE = (64, 64)
+
+
+def build_engine(factory: EngineFactory, values: Mapping[str, Any]) -> Engine:
+    """Build and warm up an engine, so its first real frame is not the one paying for lazy
+    initialisation (seconds on a cold CPU, cuDNN autotuning on a GPU)."""
+    config = P.engine_config(values)
+    engine = factory(config)
+    engine.warmup(*(config.inference_size or WARMUP_SIZE))
+    return engine
+
+
+class ReloadController:
+    """Starts background loads for accepted model changes and reverts the parameters after a
+    failed one.
+
+    ``build(values)`` builds an engine for a parameter set; ``set_parameters({name: value})``
+    sets parameters the way a caller would (the node passes its ``set_parameters``);
+    ``on_loaded()`` runs after a swap; ``log(level, message)`` reports.
+    """
+
+    def __init__(self, scheduler: Scheduler, parameters: ParameterState,
+                 build: Callable[[Mapping[str, Any]], Engine],
+                 set_parameters: Callable[[dict[str, Any]], Any],
+                 on_loaded: Callable[[], None] = lambda: None,
+                 log: Callable[[int, str], None] = lambda level, message: None) -> None:
+        self.scheduler, self.parameters = scheduler, parameters
+        self.build, self.set_parameters, self.on_loaded, self.log = build, set_parameters, on_loaded, log
+        #: Held for a whole set request and while a finishing load applies its outcome.
+        self.lock = threading.RLock()
+        #: The model values of the engine serving now, and of the latest requested one.
+        self.serving = parameters.model_values()
+        self.requested = dict(self.serving)
+        self._reverting: threading.Thread | None = None
+
+    def reverting(self) -> bool:
+        """True inside the set request that puts the parameters back after a failed load."""
+        return self._reverting is threading.current_thread()
+
+    def start(self) -> None:
+        """Build the startup engine in this thread and install it (raises what the build raises)."""
+        self.scheduler.install(self.build(self.parameters.values))
+
+    def parameters_applied(self) -> None:
+        """After an accepted set request: when the model values differ from the latest requested
+        ones, start loading that model in the background."""
+        wanted = self.parameters.model_values()
+        if self.reverting() or wanted == self.requested:
+            return
+        self.requested = wanted
+        snapshot = dict(self.parameters.values)
+
+        def loaded() -> None:
+            self.serving = wanted
+            self.on_loaded()
+
+        if not self.scheduler.load(model_label(snapshot), lambda: self.build(snapshot), on_loaded=loaded,
+                                   on_failed=self._revert, completion_lock=self.lock):
+            self.log(logging.ERROR, "a model load is already running; the new model parameters "
+                                    "take effect with the next model change")
+
+    def _revert(self, reason: str) -> None:
+        """After a failed load (in the loader thread): put the model parameters back to what is
+        serving, so they never describe a model that is not running."""
+        serving = model_label(self.serving) if self.scheduler.engine is not None else "nothing"
+        self.log(logging.ERROR, f"still serving {serving} ({reason[:300]})")
+        self.requested = dict(self.serving)
+        revert = {n: v for n, v in self.serving.items() if self.parameters.values[n] != v}
+        self._reverting = threading.current_thread()
+        try:
+            if revert:
+                self.set_parameters(revert)
+        finally:
+            self._reverting = None
