@@ -81,7 +81,7 @@ class ReloadController:
         """After an accepted set request: when the model values differ from the latest requested
         ones, start loading that model in the background."""
         wanted = self.parameters.model_values()
-        if self.reverting() or wanted == self.requested:
+        if wanted == self.requested:  # also the revert's own request: it sets the requested values
             return
         self.requested = wanted
         snapshot = dict(self.parameters.values)

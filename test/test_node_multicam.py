@@ -175,6 +175,14 @@ def test_per_camera_parameters_validate_and_apply_at_runtime(node: SegmentationN
         ({"cameras": ["a", "b"], "a.image_topic": "/same", "b.image_topic": "/same"}, "cameras a, b all read /same"),
         ({"cameras": ["a"], "a.max_age_ms": -1.0}, "a.max_age_ms must be >= 0"),
         ({"cameras": ["a"], "a.image_topic": "no spaces please"}, "a.image_topic 'no spaces please' is not a valid"),
+        # the topics actually subscribed clash: a compressed camera reads <topic>/compressed
+        ({"cameras": ["a", "b"], "a.image_topic": "/x", "a.image_transport": "compressed",
+          "b.image_topic": "/x/compressed"}, "cameras a, b all read /x/compressed"),
+        # a camera reading the node's own output would segment it forever
+        ({"cameras": ["a"], "a.image_topic": "a/segmentation/labels"},
+         "camera 'a' reads /bad/a/segmentation/labels, which this node publishes"),
+        ({"cameras": ["a", "b"], "a.image_topic": "/bad/b/segmentation/color"}, "which this node publishes"),
+        ({"image_topic": "segmentation/overlay"}, "the camera reads /bad/segmentation/overlay, which this node"),
     ],
 )
 def test_invalid_camera_configurations_are_refused_at_startup(ros, params, reason) -> None:

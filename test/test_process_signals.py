@@ -168,6 +168,23 @@ def test_unknown_parameter_names_are_warned_with_the_closest_known(capfd: pytest
     assert "unknown parameter 'device'" not in err
 
 
+def test_a_camera_section_for_a_camera_not_in_cameras_is_named(capfd: pytest.CaptureFixture) -> None:
+    context = rclpy.Context()
+    context.init()
+    params = {**CPU_PARAMS, "cameras": ["front"], "frnt.image_topic": "/cams/front", "b.max_age_ms": 3.0}
+    try:
+        node = SegmentationNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+                                context=context, engine_factory=FakeEngine)
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+    err = capfd.readouterr().err
+    assert ("parameter 'frnt.image_topic' is ignored: camera 'frnt' is not in cameras (cameras: front); "
+            "did you mean 'front'?") in err
+    assert "camera 'b' is not in cameras" in err
+    assert "did you mean 'image_topic'" not in err and "did you mean 'max_age_ms'" not in err
+
+
 def test_two_nodes_with_one_name_are_warned_about() -> None:
     context = rclpy.Context()
     context.init()
