@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from seg_perception.diagnostics import ERROR, OK, WARN, HealthReport, Thresholds, camera_report, engine_report, merge_reports
+from seg_perception.diagnostics import (
+    ERROR,
+    OK,
+    WARN,
+    HealthReport,
+    Thresholds,
+    camera_report,
+    engine_report,
+    merge_reports,
+)
 from seg_perception.stamps import ClockMismatch
 
 
