@@ -1,4 +1,4 @@
-"""What a compiled engine's preparation costs the frames being served (issue 16, defects 3 and 9).
+"""What a compiled engine's preparation costs the frames being served.
 
 Two measurements, variants side by side in one run, with ``compile=torch_compile``:
 

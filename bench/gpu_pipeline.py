@@ -65,7 +65,7 @@ from seg_perception.stats import percentiles
 MODES = ("naive", "engine", "engine_cuda_graph", "engine_torch_compile")
 ENGINE_COMPILE = {"engine": "none", "engine_cuda_graph": "cuda_graph", "engine_torch_compile": "torch_compile"}
 GOLDEN_WEIGHTS = REPO_ROOT.parent / "shared/reference/regseg/regseg_exp48_decoder26_cityscapes_random_state.pt"
-#: The model the issue's targets are stated for, and the size they hold at.
+#: The model the targets are stated for, and the size they hold at.
 TARGET_MODEL, TARGET_SIZE = ("regseg", "exp48_decoder26"), (1024, 2048)
 TARGETS = {
     "engine_p50_ms": 5.0,
@@ -468,7 +468,7 @@ def speedups(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
 def evaluate_targets(
     modes: dict[str, dict[str, Any]], agreement_judged: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """The issue's targets for RegSeg at 1024x2048 (stated for an H100), met or not; the
+    """The targets for RegSeg at 1024x2048 (stated for an H100), met or not; the
     agreement is reported but not judged (``met`` None) unless the weights are trained."""
     ok = {m: r for m, r in modes.items() if "latency_ms" in r}
     out: dict[str, dict[str, Any]] = {}

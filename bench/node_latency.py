@@ -49,7 +49,7 @@ from seg_perception.stats import percentiles
 IMAGE_TOPIC = "camera/image_raw"
 LABELS_TOPIC = "segmentation/labels"
 TARGETS = ("relay", "seg_node")
-#: The issue's targets for 1024x2048 rgb8 at 30 Hz.
+#: The targets for 1024x2048 rgb8 at 30 Hz.
 NODE_TARGETS = {"p50_ms": 15.0, "p99_ms": 25.0, "drops": 0}
 
 
@@ -427,7 +427,7 @@ def _brief(summary: dict[str, Any]) -> str:
 
 
 def evaluate(report: dict[str, Any]) -> dict[str, Any]:
-    """Our processing estimate (seg_node minus relay p50) and the issue's targets."""
+    """Our processing estimate (seg_node minus relay p50) and the targets."""
     out: dict[str, Any] = {}
     node = report["targets"].get("seg_node", {}).get("main")
     relay = report["targets"].get("relay", {}).get("main")

@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# The GPU checks of one issue in ONE device call. See docs/GPU_PLAN.md.
+# The GPU benchmark: CUDA tests, engine and seg_node numbers, in one run. See docs/GPU_PLAN.md.
 #
-# A task gets 15 minutes of device time in all, machine start included, so there is no room for a
-# second full run: the ESSENTIAL part (CUDA tests, RegSeg engine numbers, fp16 agreement, node
-# latency) finishes within ESSENTIAL_BUDGET (default 420 s, ~7 min + start-up), the OPTIONAL part
-# uses what is left of BUDGET (default 480 s: with ~3 min of machine start, ~11 of the 15 minutes).
+#   bash bench/run_gpu_session.sh             # on a CUDA machine, from the repository root
+#   bash bench/run_gpu_session.sh --dry-run   # the same steps on any CPU at tiny sizes (~1 min; the tests run it)
+#   bash bench/run_gpu_session.sh --prepare   # for an offline GPU machine: ROS wheels into .whl/, weights into .gpu/
+#
 # Every step runs under `timeout`, writes its JSON as it goes, and a failing step does not stop the
-# next, so whatever finished comes back.
+# next, so whatever finished is kept. The ESSENTIAL part (CUDA tests, RegSeg engine numbers, fp16
+# agreement, seg_node latency) stops after ESSENTIAL_BUDGET seconds (default 420), the OPTIONAL part
+# after BUDGET seconds from the start (default 480); raise both for a fuller run.
+# Environment: OUT, BUDGET, ESSENTIAL_BUDGET, PARENT_PYTHON (the Python with torch; default
+# .venv/bin/python when present, else python3), VENV, SKIP_STEPS (a regular expression of step
+# names to skip, e.g. to rerun only what a previous run did not finish).
 #
-#   bash bench/run_gpu_session.sh --prepare   # here, once: ROS wheels into .whl/, weights into .gpu/
-#   run(command="bash bench/run_gpu_session.sh", carry=[".whl", ".gpu"], timeout_s=600)   # device
-#   bash bench/run_gpu_session.sh --dry-run   # here, on the CPU, tiny sizes (~1 min): CI runs it
-# Environment: OUT, BUDGET, ESSENTIAL_BUDGET, VENV, PARENT_PYTHON (default python3), SKIP_STEPS (a
-# regular expression of step names to skip, e.g. when re-running only what was cut short).
+# Results: bench/results/*.json, copied to $OUT with session.log and logs.tar.gz.
 #
-# Results in $OUT: the JSON files of bench/results/ it wrote, session.log, logs.tar.gz.
-#
-# Python: the GPU machine's python3 is itself a virtual environment, so
-# `python3 -m venv --system-site-packages` would give a venv WITHOUT its torch. The recipe of
-# ../shared/tools/fetch-device-wheels.sh is used instead: a venv whose .pth adds the parent's
-# site-packages, the carried ROS wheels installed into it; `import torch, rclpy` is checked and on
-# failure the script says so loudly and continues with python3 (the node latency step is skipped).
+# Python: when .whl/ holds ROS 2 wheels (from --prepare) or VENV is set, the script makes a venv
+# that keeps the parent Python's torch (`venv --without-pip` plus a .pth adding the parent's
+# site-packages; `--system-site-packages` would miss it when python3 is itself a venv), installs
+# the wheels there and checks `import torch, rclpy`; on failure it says so loudly and continues
+# with the parent Python (the seg_node latency steps are skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,19 +32,30 @@ case "${1:-}" in
     *) echo "usage: $0 [--prepare | --dry-run]" >&2; exit 2 ;;
 esac
 
+# Where --prepare looks for weights and for the script that downloads the ROS 2 wheels.
+REFERENCE_DIR=${REFERENCE_DIR:-../shared/reference}
+FETCH_WHEELS=${FETCH_WHEELS:-../shared/tools/fetch-device-wheels.sh}
+
 if [[ $MODE == prepare ]]; then
     set -e
-    mkdir -p .git/info .gpu
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-    cp "../shared/reference/regseg/$WEIGHTS_NAME" .gpu/
-    # Trained weights for the fp16 agreement (issue 16, defect 8), when they exist.
-    for w in ../shared/reference/synthetic_street/*.pt; do [[ -f $w ]] && cp "$w" .gpu/; done
-    if ! ls .whl/*.whl >/dev/null 2>&1; then bash ../shared/tools/fetch-device-wheels.sh; fi
+    mkdir -p .gpu
+    # Golden RegSeg weights, and trained weights for the judged fp16 agreement, when they exist.
+    for w in "$REFERENCE_DIR/regseg/$WEIGHTS_NAME" "$REFERENCE_DIR"/synthetic_street/*.pt; do
+        [[ -f $w ]] && cp "$w" .gpu/ && echo "weights: $w"
+    done
+    ls .gpu/*.pt >/dev/null 2>&1 || echo "no weights found under $REFERENCE_DIR: RegSeg runs with seeded random weights"
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        if [[ -f $FETCH_WHEELS ]]; then
+            bash "$FETCH_WHEELS"
+        else
+            echo "no $FETCH_WHEELS: put the ROS 2 client wheels (ros-rclpy, ros-sensor-msgs, ...) for the GPU" \
+                 "machine's Python into .whl/ (pip download --python-version X.Y --only-binary=:all: ...)"
+        fi
+    fi
     tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-    carried=$(du -cb .whl .gpu | tail -1 | cut -f1)
+    carried=$(du -cb .whl .gpu 2>/dev/null | tail -1 | cut -f1)
     total=$(( tree + carried ))
-    echo "working tree $((tree / 1024)) KiB + carried $((carried / 1024)) KiB = $((total / 1048576)) MiB (limit 64 MiB)"
-    (( total < 64 * 1048576 )) || { echo "too large to travel"; exit 1; }
+    echo "to copy: working tree $((tree / 1024)) KiB + .whl/.gpu $((carried / 1024)) KiB = $((total / 1048576)) MiB"
     exit 0
 fi
 
@@ -74,7 +84,12 @@ else
     ALL_ARGS=(--models all --iterations 30 --throughput-frames 40 --naive-iterations 8 --warmup 3 --frames 4)
     PREPARE_ARGS=(--device cuda --size $SMALL)
 fi
+MAKE_VENV=0
+if [[ -n ${VENV:-} ]] || ls .whl/*.whl >/dev/null 2>&1; then MAKE_VENV=1; fi
 VENV=${VENV:-/tmp/gpu_session_venv}
+if [[ -z ${PARENT_PYTHON:-} ]]; then
+    PARENT_PYTHON=python3; [[ -x .venv/bin/python ]] && PARENT_PYTHON=.venv/bin/python
+fi
 mkdir -p "$OUT" "$RESULTS" /tmp/gpu_logs
 export PYTHONUNBUFFERED=1
 left() { echo $(( $1 - SECONDS )); }
@@ -91,8 +106,16 @@ step() {  # step NAME MAX_SECONDS BUDGET COMMAND...: under the smaller of MAX_SE
 
 # A venv for the carried ROS wheels that keeps the parent's torch (see the header).
 make_python() {
-    local parent=${PARENT_PYTHON:-python3}
+    local parent=$PARENT_PYTHON
     PY=$parent
+    if (( ! MAKE_VENV )); then
+        if $parent -c 'import torch, rclpy'; then
+            echo "python: $PY (torch + rclpy OK)"
+        else
+            echo "python: $PY cannot import torch and rclpy (see above): the node latency steps are SKIPPED"
+        fi
+        return
+    fi
     local parent_site child_site ros_libs
     parent_site=$($parent -c 'import site; print(site.getsitepackages()[0])') || return
     rm -rf "$VENV"
@@ -125,16 +148,16 @@ session() {
 echo "=== environment ($MODE)"
 date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
-${PARENT_PYTHON:-python3} -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+$PARENT_PYTHON -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 nproc; free -g | head -2; df -h /dev/shm | tail -1
 make_python
-ROS_OK=0; [[ $PY == "$VENV/bin/python" ]] && ROS_OK=1
+ROS_OK=0; $PY -c 'import rclpy' 2>/dev/null && ROS_OK=1
 
 WEIGHTS=""; TRAINED=""
-for w in ".gpu/$WEIGHTS_NAME" "../shared/reference/regseg/$WEIGHTS_NAME"; do
+for w in ".gpu/$WEIGHTS_NAME" "$REFERENCE_DIR/regseg/$WEIGHTS_NAME"; do
     [[ -f $w ]] && { WEIGHTS=$w; break; }
 done
-for w in .gpu/synthetic_street*.pt ../shared/reference/synthetic_street/*.pt; do
+for w in .gpu/synthetic_street*.pt "$REFERENCE_DIR"/synthetic_street/*.pt seg_perception/weights/synthetic_street.pt; do
     [[ -f $w ]] && { TRAINED=$w; break; }
 done
 echo "golden random weights: ${WEIGHTS:-NONE}; trained weights: ${TRAINED:-NONE (fp16 agreement not judged)}"
@@ -154,7 +177,7 @@ if [[ -n $TRAINED ]]; then
         --out $RESULTS/gpu_pipeline_fp16_agreement.json
 fi
 if (( ROS_OK )); then
-    # seg_node on the device behind 30 Hz frames, shared-memory transport; relay first; short sweep.
+    # seg_node on the GPU behind 30 Hz frames, shared-memory transport; relay first; short sweep.
     step "node latency" 150 "$ESSENTIAL_BUDGET" $PY bench/node_latency.py "${NODE_ARGS[@]}" "${WARG[@]}" \
         --fastdds-profile config/fastdds_large_images.xml --log-dir /tmp/gpu_logs/node \
         --out $RESULTS/node_latency.json

@@ -13,7 +13,6 @@ from .stamps import ClockMismatch
 from .text import bounded
 
 OK, WARN, ERROR = 0, 1, 2
-LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 
 
 @dataclass

@@ -36,7 +36,7 @@ import numpy as np
 
 from .engine import OutputRequest, SegmentationResult, recover_from_failure
 from .image_conversion import ImageRejected
-from .stamps import DEFAULT_LIMIT_S, StampClock
+from .stamps import DEFAULT_LIMIT_S, Arrival, StampClock
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
 from .text import bounded
 
@@ -409,9 +409,8 @@ class Scheduler:
     def frame_age_ms(frame: Frame, now_ns: int) -> float:
         """Age of a frame at ``now_ns`` (scheduler clock): from its header stamp when that is on
         the clock, else from its arrival (steady clock). Never negative."""
-        if frame.on_clock:
-            return max(0, now_ns - frame.stamp_ns) / 1e6
-        return max(0, time.monotonic_ns() - frame.received_steady_ns) / 1e6
+        arrival = Arrival(frame.stamp_ns, frame.received_ns, frame.received_steady_ns, frame.on_clock)
+        return arrival.age_ms(now_ns)
 
     # -- worker -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -66,3 +66,22 @@ def ros():
     harness = RosHarness()
     yield harness
     harness.close()
+
+
+# -- the ROS 2 launch system's sources (test_launch.py) ---------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests that need the launch sources skip before any setup when they are missing (fail under
+    CI=true); raised here rather than in a fixture, every such test folds into one summary line."""
+    if "launch_sources" in getattr(item, "fixturenames", ()):
+        from ros_native_support import launch_pythonpath
+
+        launch_pythonpath()
+
+
+@pytest.fixture(scope="module")
+def launch_sources() -> list[str]:
+    """PYTHONPATH folders of the ROS 2 launch system (see ros_native_support.launch_pythonpath)."""
+    from ros_native_support import launch_pythonpath
+
+    return launch_pythonpath()

@@ -1,7 +1,7 @@
 """The GPU benchmark scripts (bench/gpu_pipeline.py, bench/node_latency.py) and the engine's
-compile modes, exercised on the CPU at tiny sizes so the GPU session only has to run them.
+compile modes, exercised on the CPU at tiny sizes so a GPU run only has to run them.
 
-Tests marked ``cuda`` need a GPU and are skipped here; the GPU session runs them first.
+Tests marked ``cuda`` need a GPU and are skipped without one; bench/run_gpu_session.sh runs them first.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _mode(p50: float, fps: float, agreement: float = 1.0) -> dict:
     return {"latency_ms": {"p50": p50}, "overlap_ratio": fps * p50 / 1e3, "agreement": {"mean": agreement}}
 
 
-def test_targets_are_judged_against_the_issue_figures() -> None:
+def test_targets_are_judged_against_the_stated_figures() -> None:
     modes = {"naive": _mode(30.0, 33.0), "engine": _mode(4.0, 400.0, 0.997),
              "engine_cuda_graph": _mode(3.0, 300.0, 0.996), "engine_torch_compile": {"error": "x"}}
     targets = gpu_pipeline.evaluate_targets(modes)
@@ -225,7 +225,7 @@ def test_torch_compile_engine_matches_eager_on_cpu() -> None:
     assert np.abs(result.confidence.astype(int) - expected.confidence.astype(int)).max() <= 1
 
 
-# -- engine compile modes on the GPU (run by the GPU session) --------------------------------------
+# -- engine compile modes on the GPU (run by bench/run_gpu_session.sh) ------------------------------
 @pytest.fixture(scope="module")
 def cuda_regseg() -> nn.Module:
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""The engine's CUDA paths run on the CPU with fake streams, events and graphs (issue 16, defects
-2-5): captures hold the process-wide lock, a failed capture serves eagerly with bounded retries,
+"""The engine's CUDA paths run on the CPU with fake streams, events and graphs: captures hold the
+process-wide lock, a failed capture serves eagerly with bounded retries,
 graph keys ignore the overlay alpha, stage figures exclude queueing, the completion event blocks.
 
 The fakes replace only what needs a GPU (streams, events, pinned memory, graph capture); the
@@ -158,7 +158,7 @@ def _frames(n: int, shape: tuple[int, int] = (32, 48), seed: int = 2) -> list[np
     return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
 
 
-# -- defect 2: captures serialised, failures fall back to eager ---------------------------------------
+# -- captures serialised, failures fall back to eager ---------------------------------------
 def test_every_capture_holds_the_process_wide_lock_and_never_overlaps(fake_cuda: Captures) -> None:
     engines = [_engine("cuda_graph") for _ in range(2)]
     threads = [threading.Thread(target=e.prepare, args=([(32, 48)], [OutputRequest(color=True)])) for e in engines]
@@ -198,7 +198,7 @@ def test_a_failed_capture_serves_eagerly_and_is_not_retried_every_frame(fake_cud
     assert fake_cuda.calls == engine._captured.max_attempts
 
 
-# -- defect 3: keys only by what changes the graph; new shapes prepared off the hot path ------------------
+# -- keys only by what changes the graph; new shapes prepared off the hot path ------------------
 def test_graph_key_ignores_alpha_and_the_overlay_follows_it(fake_cuda: Captures) -> None:
     engine = _engine("cuda_graph", background_prepare=False)
     eager = _engine("none")
@@ -236,7 +236,7 @@ def test_batches_of_different_sizes_each_get_their_own_graph(fake_cuda: Captures
     assert len(engine._captured) == 3
 
 
-# -- defects 4 and 5: stage figures without queueing; blocking completion --------------------------------
+# -- stage figures without queueing; blocking completion --------------------------------
 @pytest.mark.parametrize("compile_mode", ["none", "cuda_graph"])
 def test_the_compute_stream_marks_its_start_after_waiting(fake_cuda: Captures, compile_mode: str) -> None:
     engine = _engine(compile_mode, background_prepare=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -115,3 +116,110 @@ def test_offline_report_matches_cityscapesscripts_on_saved_predictions(tmp_path:
     assert len(predictions) == len(ground_truth) == 4
     result = cityscapes_eval(predictions, ground_truth)
     assert_matches_cityscapes(json.loads(paths["json"].read_text())["metrics"], result)
+
+
+# -- every metric, table-driven, against cityscapesScripts' own scoring functions ------------------
+def _their_scores(gt_label_ids: np.ndarray, pred_train_ids: np.ndarray) -> dict[str, Any]:
+    """cityscapesScripts' scores from its label-id confusion matrix, built as its evaluatePair does."""
+    cs = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
+                             reason="cityscapesscripts is not installed")
+    from cityscapesscripts.helpers.labels import category2labels, labels
+
+    args = cs.args
+    args.normalized = True  # getMatrixFieldValue(i, i) is then the class accuracy (row-normalised)
+    matrix = cs.generateMatrix(args)
+    np.add.at(matrix, (gt_label_ids.ravel(), train_ids_to_label_ids(pred_train_ids).ravel()), 1)
+    evaluated = [label for label in labels if not label.ignoreInEval]
+    class_iou = {label.name: cs.getIouScoreForLabel(label.id, matrix, args) for label in evaluated}
+    class_accuracy = {label.name: cs.getMatrixFieldValue(matrix, label.id, label.id, args) for label in evaluated}
+    category_iou = {name: cs.getIouScoreForCategory(name, matrix, args) for name in category2labels}
+    ids = [label.id for label in evaluated]
+    return {"class_iou": class_iou, "miou": cs.getScoreAverage(class_iou, args),
+            "category_iou": category_iou, "category_miou": cs.getScoreAverage(category_iou, args),
+            "mean_class_accuracy": cs.getScoreAverage(class_accuracy, args),
+            "pixel_accuracy": matrix[ids, ids].sum() / matrix[ids].sum() if matrix[ids].sum() else math.nan,
+            "evaluated_pixels": int(matrix[ids].sum()),
+            "classes_present": [label.name for label in evaluated if matrix[label.id].sum() > 0]}
+
+
+def _case(seed: int, wrong: float, gt_ids: tuple[int, ...], pred_ids: tuple[int, ...] | None = None,
+          shape: tuple[int, int] = (30, 40)) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth drawn from ``gt_ids`` (label ids); the prediction is right except a ``wrong``
+    share of pixels, which get a train id drawn from ``pred_ids`` (default: all 19)."""
+    rng = np.random.default_rng(seed)
+    gt = rng.choice(np.array(gt_ids, np.uint8), size=shape)
+    pred = label_ids_to_train_ids(gt).copy()
+    flip = (rng.random(shape) < wrong) | (pred == 255)
+    choices = np.array(pred_ids if pred_ids is not None else range(19), np.uint8)
+    pred[flip] = rng.choice(choices, int(flip.sum()))
+    return gt, pred
+
+
+ALL_LABEL_IDS = tuple(range(34))
+CASES = {
+    "every label id, 40 % wrong": _case(1, 0.4, ALL_LABEL_IDS),
+    "perfect": _case(2, 0.0, (7, 8, 11, 21, 23, 24, 26)),
+    "all wrong into one class": _case(3, 1.0, (7, 8, 26), pred_ids=(10,)),
+    # road dominates, errors go to sidewalk only: row and column sums differ a lot
+    "lopsided": _case(4, 0.3, (7,) * 20 + (8, 26, 24), pred_ids=(1,)),
+    "classes absent and never predicted": _case(5, 0.2, (7, 26), pred_ids=(0, 13)),
+    "predicted but absent from the ground truth": _case(6, 0.5, (7, 8), pred_ids=(15, 16, 17)),
+    "mostly ignored pixels": _case(7, 0.3, (0, 1, 2, 3, 4, 5, 6, 9, 10, 7)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_metric_matches_cityscapesscripts(case: str) -> None:
+    gt, pred = CASES[case]
+    confusion = ConfusionMatrix()
+    half = gt.shape[0] // 2  # two frames: the matrix accumulates
+    confusion.update_label_ids(pred[:half], gt[:half])
+    confusion.update_label_ids(pred[half:], gt[half:])
+    ours, theirs = summarize(confusion.matrix), _their_scores(gt, pred)
+    for name in CLASS_NAMES:
+        assert_same(ours["class_iou"][name], theirs["class_iou"][name])
+    for name in CATEGORIES:
+        assert_same(ours["category_iou"][name], theirs["category_iou"][name])
+    for key in ("miou", "category_miou", "mean_class_accuracy", "pixel_accuracy"):
+        assert_same(ours[key], theirs[key])
+    assert ours["evaluated_pixels"] == theirs["evaluated_pixels"]
+    assert ours["classes_present"] == theirs["classes_present"]
+    assert ours["confusion_matrix"] == confusion.matrix.tolist()
+
+
+@pytest.mark.parametrize(("gt", "pred", "expected"), [
+    # one road pixel right, one road pixel called car, one car pixel right: road recall 1/2, car 1
+    ([0, 0, 13], [0, 13, 13], {"class_iou/road": 1 / 2, "class_iou/car": 1 / 2, "miou": 1 / 2,
+                               "pixel_accuracy": 2 / 3, "mean_class_accuracy": 3 / 4, "evaluated_pixels": 3}),
+    # nine road pixels, all called sidewalk; one sidewalk pixel right: recall road 0, sidewalk 1
+    ([0] * 9 + [1], [1] * 10, {"class_iou/road": 0.0, "class_iou/sidewalk": 1 / 10, "miou": 1 / 20,
+                               "pixel_accuracy": 1 / 10, "mean_class_accuracy": 1 / 2,
+                               "category_iou/flat": 1.0}),
+    # ignored ground truth counts nowhere, whatever was predicted there
+    ([255, 255, 2], [5, 6, 2], {"class_iou/building": 1.0, "miou": 1.0, "pixel_accuracy": 1.0,
+                                "mean_class_accuracy": 1.0, "evaluated_pixels": 1}),
+    # nothing evaluated: every metric undefined
+    ([255, 255], [0, 1], {"miou": math.nan, "pixel_accuracy": math.nan, "mean_class_accuracy": math.nan,
+                          "category_miou": math.nan, "evaluated_pixels": 0}),
+])
+def test_hand_computed_metrics(gt: list[int], pred: list[int], expected: dict[str, float]) -> None:
+    confusion = ConfusionMatrix()
+    confusion.update(np.array([pred], np.uint8), np.array([gt], np.uint8))
+    metrics = summarize(confusion.matrix)
+    for key, value in expected.items():
+        group, _, name = key.partition("/")
+        got = metrics[group][name] if name else metrics[group]
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(got), key
+        else:
+            assert got == pytest.approx(value), key
+
+
+def test_update_returns_the_frame_matrix_and_rejects_unknown_classes() -> None:
+    confusion = ConfusionMatrix()
+    first = confusion.update(np.array([[0, 1]], np.uint8), np.array([[0, 0]], np.uint8))
+    assert first[0, 0] == 1 and first[0, 1] == 1 and first.sum() == 2
+    second = confusion.update(np.array([[2]], np.uint8), np.array([[2]], np.uint8))
+    assert second.sum() == 1 and confusion.matrix.sum() == 3 and confusion.matrix[2, 2] == 1
+    with pytest.raises(ValueError, match="class 19"):
+        confusion.update(np.array([[19]], np.uint8), np.array([[0]], np.uint8))

@@ -1,4 +1,4 @@
-"""Issue 16, defect 7: HRNet-OCR's attention scores cannot overflow in half precision, and RegSeg's
+"""HRNet-OCR's attention scores cannot overflow in half precision, and RegSeg's
 channel splits hand cuDNN dense channels_last inputs."""
 
 from __future__ import annotations

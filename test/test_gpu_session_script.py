@@ -1,5 +1,5 @@
-"""bench/run_gpu_session.sh: its python recipe (issue 16, defect 1) and its CPU dry run, so the
-one-shot GPU script cannot rot between GPU sessions."""
+"""bench/run_gpu_session.sh: its python recipe and its CPU dry run, so the GPU benchmark script
+cannot rot between GPU runs."""
 
 from __future__ import annotations
 

@@ -9,7 +9,10 @@ The commands below are the ones the README's ROS-native section shows (tested th
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +74,7 @@ FRAME_SHAPE = (64, 128, 3)
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(launch_sources: list[str], tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return colcon_workspace(tmp_path_factory)
 
 
@@ -178,16 +181,80 @@ def test_shipped_configs_apply_in_any_namespace() -> None:
         assert keys <= {"/**", "/**/seg_node"}, f"{path.name}: sections {sorted(keys)}"
 
 
-def test_missing_launch_sources_fail_naming_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture
+def no_launch_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The default folder is absent, no folder is given, and no ROS install provides the packages."""
     monkeypatch.setattr(ros_native_support, "LAUNCH_SOURCES", tmp_path / "absent")
-    with pytest.raises(pytest.fail.Exception, match="absent"):
+    monkeypatch.delenv(ros_native_support.LAUNCH_SOURCES_ENV, raising=False)
+    monkeypatch.setattr(ros_native_support.importlib.util, "find_spec", lambda name: None)
+    return tmp_path / "absent"
+
+
+def test_missing_launch_sources_fail_naming_the_folder(no_launch_sources: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="absent") as info:
         ros_native_support.launch_pythonpath()
+    assert "CI=true" in str(info.value) and "git clone" in str(info.value)
 
 
-def test_given_overrides_pass_unchanged_and_empty_ones_keep_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_launch_sources_skip_with_one_line_saying_how_to_get_them(
+        no_launch_sources: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for ci in (None, "false", ""):
+        if ci is None:
+            monkeypatch.delenv("CI", raising=False)
+        else:
+            monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.skip.Exception) as info:
+            ros_native_support.launch_pythonpath()
+        line = str(info.value)
+        assert "\n" not in line and str(no_launch_sources) in line
+        for needed in ("https://github.com/ros2/launch ", "https://github.com/ros2/launch_ros",
+                       ros_native_support.LAUNCH_SOURCES_ENV):
+            assert needed in line, needed
+
+
+def test_launch_sources_are_found_in_the_given_clones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two clones laid out as the upstream repositories are, named by the environment variable."""
+    clones = {"launch": ("launch", "launch_xml", "launch_yaml"), "launch_ros": ("launch_ros", "ros2launch")}
+    for clone, packages in clones.items():
+        for package in packages:
+            (tmp_path / clone / package / package).mkdir(parents=True)
+            (tmp_path / clone / package / package / "__init__.py").write_text("")
+    monkeypatch.setattr(ros_native_support, "LAUNCH_SOURCES", tmp_path / "absent")
+    monkeypatch.setenv(ros_native_support.LAUNCH_SOURCES_ENV,
+                       os.pathsep.join(str(tmp_path / clone) for clone in clones))
+    monkeypatch.setenv("CI", "true")
+    path = ros_native_support.launch_pythonpath()
+    expected = [tmp_path / clone / package for clone, packages in clones.items() for package in packages]
+    assert path == [*map(str, expected), str(ros_native_support.STUBS)]
+    assert (ros_native_support.STUBS / "composition_interfaces" / "srv.py").is_file()
+
+
+@pytest.mark.parametrize(("ci", "returncode", "outcome"), [("", 0, r"\b2 skipped"), ("true", 1, r"\b2 errors")])
+def test_pytest_without_launch_sources_skips_or_fails_under_ci(tmp_path: Path, ci: str, returncode: int,
+                                                               outcome: str) -> None:
+    """What a fresh clone's ``make test`` does: the launch tests skip and say why; CI fails."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update({ros_native_support.LAUNCH_SOURCES_ENV: str(tmp_path / "nowhere"), "CI": ci,
+                "PYTHONPATH": str(REPO_ROOT)})
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rsf",
+                          str(Path(__file__)), "-k", "show_args_lists or given_overrides"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == returncode, output[-3000:]
+    assert re.search(outcome, output.splitlines()[-1]), output[-3000:]  # a failing setup is an error
+    if not ci:  # one line, however many tests skip
+        assert len(re.findall(r"^SKIPPED \[2\] .*ROS 2 launch sources not found", output, re.MULTILINE)) == 1, output
+    assert "ROS 2 launch sources not found" in output and "git clone https://github.com/ros2/launch" in output
+    assert "colcon build" not in output  # the skip comes before the build
+
+
+def test_given_overrides_pass_unchanged_and_empty_ones_keep_the_config(launch_sources: list[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Values the node may only accept after later changes (precision auto, compressed input, the
     # onnxruntime backend) must reach it as typed: the node, not the launch file, validates them.
-    for folder in reversed(ros_native_support.launch_pythonpath()):
+    for folder in reversed(launch_sources):
         monkeypatch.syspath_prepend(folder)
     from launch.launch_context import LaunchContext
 

@@ -13,7 +13,7 @@ from seg_perception.diagnostics import Thresholds, camera_report, engine_report,
 from seg_perception.models.checkpoint import CheckpointNotFoundError, NotACheckpointFileError, load_checkpoint
 from seg_perception.text import TEXT_LIMIT, bounded
 
-#: 236 bytes that expand to 9**6 list items through aliases (the issue's "alias bomb").
+#: 236 bytes that expand to 9**6 list items through aliases (an "alias bomb").
 ALIAS_BOMB = ("{a: &a [x,x,x,x,x,x,x,x,x], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b],"
               " d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], f: [*e,*e,*e,*e]}")
 HOSTILE = {

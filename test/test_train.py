@@ -257,7 +257,7 @@ def test_shipped_name_resolves_and_an_existing_path_wins(tmp_path: Path, monkeyp
 
 
 #: This drive (seed 4242, 224x448, 3 frames) was never trained on; the shipped file scores 87.4 %
-#: on it (83.3 % on the model card's 16-frame 288x576 test drive). The bar is the issue's target.
+#: on it (83.3 % on the model card's 16-frame 288x576 test drive). The bar is the model card's target.
 SHIPPED_MIN_MIOU = 0.80
 
 
