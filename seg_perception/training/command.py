@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import parse_size
+from ..cli_args import parse_size
 
 
 def cmd_train(args: argparse.Namespace) -> int:
