@@ -293,3 +293,34 @@ def test_compressed_bag_evaluated_live_through_the_node(tmp_path: Path) -> None:
     assert info["transport"] == "compressed" and info["codec"] == "jpeg" and info["jpeg_quality"] == 80
     assert "- images: compressed jpeg (format 'rgb8; jpeg compressed bgr8', JPEG quality 80)" in \
         (tmp_path / "live" / "report.md").read_text()
+
+
+def test_node_and_offline_evaluator_decode_alike_padding_accepted_truncation_rejected(tmp_path: Path) -> None:
+    """One decoder: a truncated JPEG is rejected as `corrupt` by the node (live) and by the offline
+    evaluator, each frame with that reason; a JPEG padded with zeros, as V4L2 drivers pad their
+    buffers, is decoded by both."""
+    from seg_perception.evaluation.bag_io import COMPRESSED_TYPE, compressed_image_message
+
+    rng = np.random.default_rng(1)
+    gt = np.full((32, 64), 7, np.uint8)
+    with Writer(tmp_path / "bag", version=9) as writer:
+        image_conn = writer.add_connection(f"{IMAGE_TOPIC}/compressed", COMPRESSED_TYPE, typestore=TYPESTORE)
+        gt_conn = writer.add_connection(GT_TOPIC, IMAGE_TYPE, typestore=TYPESTORE)
+        for i in range(5):
+            stamp = 1_000_000_000 + i * 200_000_000
+            image = compressed_image_message(stamp, "cam", rng.integers(0, 256, (32, 64, 3), dtype=np.uint8), "jpeg")
+            if i == 1:
+                image.data = image.data[: len(image.data) // 2]  # truncated
+            elif i == 3:
+                image.data = np.concatenate([image.data, np.zeros(4096, np.uint8)])  # padded
+            writer.write(image_conn, stamp, TYPESTORE.serialize_cdr(image, COMPRESSED_TYPE))
+            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(image_message(stamp, "cam", gt, "mono8"), IMAGE_TYPE))
+    offline = run(tmp_path / "bag", tmp_path / "offline", "offline")
+    assert offline["pooled"]["frames"]["rejected"] == {"total": 1, "by_reason": {"corrupt": 1}}
+    assert offline["pooled"]["frames"]["evaluated"] == 4
+    live = run(tmp_path / "bag", tmp_path / "live", "live", speed=0.25)
+    assert_every_frame_accounted(live, 5)
+    assert live["pooled"]["frames"]["rejected"] == {"total": 1, "by_reason": {"corrupt": 1}}  # the node's books
+    statuses = {r["index"]: (r["status"], r["reason"]) for r in live["per_frame"]}
+    assert statuses[1] == ("rejected", "corrupt")  # the evaluator's own check agrees with the node
+    assert statuses[3][0] != "rejected"

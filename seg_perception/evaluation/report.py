@@ -40,7 +40,7 @@ from ..cityscapes import CLASS_NAMES
 from ..stats import percentiles
 from .ledger import RECORD_FIELDS
 from .plots import PLOTS, wanted_plots, write_plots
-from .results import drive_rows, frame_rows, pool
+from .results import drive_rows, frame_rows, join_samples, pool
 
 SCHEMA_VERSION = 2
 FRAMES_CSV = "frames.csv"
@@ -372,10 +372,7 @@ def _pooled_timing(mode: str, drives: list[dict[str, Any]], execution: dict[str,
         timing["input_fps"] = execution["input_fps"]
         timing["speed"] = execution["speed"]
     else:
-        samples: dict[str, list[float]] = {}
-        for camera in cameras:
-            for stage, values in (camera["stage_samples"] or {}).items():
-                samples.setdefault(stage, []).extend(values)
+        samples = join_samples(camera["stage_samples"] for camera in cameras)
         timing["stages_ms"] = {stage: percentiles(values) for stage, values in samples.items()}
     return timing
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ UNTAGGED = "(untagged)"
 
 
 def camera_result(camera: CameraTopics, bag: DriveBag, ledger: Ledger, first_image: Any, *, last: bool = True,
-                  stage_samples: dict[str, list[float]] | None = None, stages_ms: dict[str, Any] | None = None,
+                  stage_samples: dict[str, Any] | None = None, stages_ms: dict[str, Any] | None = None,
                   live: dict[str, Any] | None = None) -> dict[str, Any]:
     """One camera's part of a drive, small enough to send from a worker (no pixels).
 
@@ -116,15 +116,20 @@ def _zero() -> np.ndarray:
     return np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
 
 
-def _stage_samples(parts: list[dict[str, Any]]) -> dict[str, list[float]] | None:
+def join_samples(parts: Iterable[dict[str, Any] | None]) -> dict[str, np.ndarray]:
+    """Stage samples (stage -> milliseconds) of several parts, joined per stage."""
+    samples: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        for stage, values in (part or {}).items():
+            samples.setdefault(stage, []).append(np.asarray(values, np.float64))
+    return {stage: np.concatenate(values) for stage, values in samples.items()}
+
+
+def _stage_samples(parts: list[dict[str, Any]]) -> dict[str, np.ndarray] | None:
     """Every offline part's stage samples, joined (None for a live camera: the node times them)."""
     if all(part["stage_samples"] is None for part in parts):
         return None
-    samples: dict[str, list[float]] = {}
-    for part in parts:
-        for stage, values in (part["stage_samples"] or {}).items():
-            samples.setdefault(stage, []).extend(values)
-    return samples
+    return join_samples(part["stage_samples"] for part in parts)
 
 
 def merge_drive(drive: Drive, results: list[dict[str, Any]]) -> dict[str, Any]:
