@@ -164,6 +164,9 @@ def test_chunks_give_the_numbers_of_whole_drives(root: Path, tmp_path: Path) -> 
     assert chunked["pooled"]["metrics"] == whole["pooled"]["metrics"]
     assert chunked["pooled"]["frames"] == whole["pooled"]["frames"]
     assert whole["pooled"]["frames"]["all_accounted"]
+    # stage timings pool every frame of every chunk and camera (samples, not percentiles of percentiles)
+    inference = [r["pooled"]["timing"]["stages_ms"]["inference"] for r in (whole, chunked)]
+    assert inference[0]["count"] == inference[1]["count"] == 5 + 3 * 4
     assert [d["confusion_matrix"] for d in chunked["drives"]] == [d["confusion_matrix"] for d in whole["drives"]]
 
 

@@ -324,3 +324,45 @@ def test_node_and_offline_evaluator_decode_alike_padding_accepted_truncation_rej
     statuses = {r["index"]: (r["status"], r["reason"]) for r in live["per_frame"]}
     assert statuses[1] == ("rejected", "corrupt")  # the evaluator's own check agrees with the node
     assert statuses[3][0] != "rejected"
+
+
+def test_a_live_cameras_accounting_takes_the_nodes_reasons() -> None:
+    """Per frame the evaluator only sees that labels did not come back; the node's books say why
+    (and the transport counts), and the camera's accounting reconciles only with them."""
+    from seg_perception.evaluation.drives.plan import Drive
+    from seg_perception.evaluation.results import merge_drive
+
+    books = {"received": 3, "processed": 2, "dropped_total": 1, "rejected_total": 1, "in_flight": 0,
+             "dropped": {"superseded": 1}, "rejected": {"format": 1}}
+    live = {"node_accounting": books, "transport_lost": 1, "output_lost": 0,
+            "reconciliation": {"all_accounted": True}}
+    records = [(0, 0, "evaluated", None, 5.0, 1.0, 0.0), (1, 1, "dropped", None, None, None, 0.1),
+               (2, 2, "dropped", None, None, None, 0.2), (3, 3, "rejected", "format", None, None, 0.3),
+               (4, 4, "not_evaluated", "gt_size_mismatch", 6.0, None, 0.4)]
+    camera = {"camera": "camera", "image_topic": "/camera/image_raw", "gt_topic": "/camera/semantic_gt",
+              "in_bag": 5, "storage": "sqlite3", "duration_s": 1.0, "rate_hz": 4.0, "input": None,
+              "matrix": np.zeros((19, 19), np.int64), "records": records, "unreadable": 0, "gt_without_image": 0,
+              "notes": [], "stage_samples": None, "stages_ms": {}, "live": live, "files": {}}
+    drive = merge_drive(Drive("d", "/d"), [{"cameras": [camera]}])
+    frames = drive["cameras"]["camera"]["frames"]
+    assert frames["dropped"] == {"total": 2, "by_reason": {"superseded": 1, "transport_lost": 1}}
+    assert frames["rejected"] == {"total": 1, "by_reason": {"format": 1}}
+    assert frames["all_accounted"] and frames["drop_rate"] == 3 / 5
+    live["reconciliation"]["all_accounted"] = False
+    assert not merge_drive(Drive("d", "/d"), [{"cameras": [camera]}])["frames"]["all_accounted"]
+
+
+def test_the_node_process_is_started_through_seg_nodes_entry_point(tmp_path: Path) -> None:
+    """``seg_perception.process.main`` installs the signal handlers before torch is imported; the
+    evaluator starts the node through it, with or without seeded random weights."""
+    import sys
+
+    from seg_perception.evaluation.live.node_process import node_command
+
+    params = tmp_path / "node_params.yaml"
+    assert node_command(params) == [sys.executable, "-m", "seg_perception.process", "--ros-args", "--params-file",
+                                    str(params)]
+    seeded = node_command(params, seed=7)
+    assert seeded[1] == "-c" and "torch.manual_seed(7)" in seeded[2]
+    assert "from seg_perception.process import main; main()" in seeded[2] and seeded[3:5] == ["--ros-args",
+                                                                                                "--params-file"]

@@ -23,9 +23,8 @@ NODE_STATUS_NAME = "seg_perception: /seg_node"
 
 
 class Probe:
-    """The evaluator's end of DDS: publishes each camera's images, collects its labels and the
-    node's ``/diagnostics``. Its callbacks run on an executor thread of this process; the node runs
-    in its own process, so nothing here competes with the node for a GIL."""
+    """One publisher and one labels subscription per camera (``camera.topics(params)``), and a
+    ``/diagnostics`` subscription; labels arrive in :attr:`results`, statuses via :meth:`diagnostics`."""
 
     def __init__(self, context: Any, cameras: list[Any], params: dict[str, Any]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
