@@ -24,10 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from seg_perception.evaluation.evaluate import resolve_params
-from seg_perception.evaluation.fleet import collect_drives
-from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
-from seg_perception.evaluation.ray_runner import RayOptions, import_ray
+from seg_perception.evaluation.drives.plan import collect_drives
+from seg_perception.evaluation.drives.ray_runner import RayOptions, import_ray
+from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
 from seg_perception.evaluation.sample_drive import make_sample_drive
 
 
@@ -54,10 +53,10 @@ def main() -> int:
         try:
             variants = [("one process", None)] + [(f"ray {n} worker(s)", n) for n in counts]
             for name, workers in variants:
-                options = DrivesOptions(drives, root / f"report_{workers or 0}", threads=1, progress=False,
-                                        ray=RayOptions(workers=workers, threads=1) if workers else None)
+                options = EvalOptions(out=root / f"report_{workers or 0}", drives=drives, mode="offline", threads=1,
+                                      progress=False, ray=RayOptions(workers=workers, threads=1) if workers else None)
                 start = time.perf_counter()
-                report, _ = evaluate_drives(options, values)
+                report, _ = evaluate(options, values)
                 wall = time.perf_counter() - start
                 execution = report["execution"]
                 rows.append({"variant": name, "workers": workers or 1,

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
-from seg_perception.cli import parse_size
+from seg_perception.cli_args import parse_size
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
 from seg_perception.evaluation.sample_drive import make_sample_drive
 
@@ -50,8 +50,8 @@ def main() -> int:
         drive = make_sample_drive(work / "drive", args.frames, args.size, progress=False)
         common = {"bag": drive.bag, "threads": args.threads, "progress": False, "overlays": 0}
         offline, _ = evaluate(EvalOptions(out=work / "offline", mode="offline", **common), values)
-        per_frame_s = offline["timing"]["frame_latency_ms"]["p50"] / 1e3
-        recorded_hz = (args.frames - 1) / offline["bag"]["duration_s"]
+        per_frame_s = offline["pooled"]["timing"]["latency_ms"]["p50"] / 1e3
+        recorded_hz = (args.frames - 1) / offline["drives"][0]["cameras"]["camera"]["duration_s"]
         speed = min(1.0, args.load / per_frame_s / recorded_hz)
         started = time.monotonic()
         live, _ = evaluate(EvalOptions(out=work / "live", mode="live", speed=speed, **common), values)
@@ -59,17 +59,17 @@ def main() -> int:
 
     rows = []
     for stage in STAGES:
-        engine = offline["timing"]["stages_ms"][stage]["p50"]
-        node = (live["timing"]["stages_ms"].get(stage) or {}).get("p50")
+        engine = offline["pooled"]["timing"]["stages_ms"][stage]["p50"]
+        node = (live["pooled"]["timing"]["stages_ms"].get(stage) or {}).get("p50")
         rows.append({"stage": stage, "engine_p50_ms": engine, "node_p50_ms": node,
                      "ratio": node / engine if node and engine else None})
     inference = next(r for r in rows if r["stage"] == "inference")
     result = {
         "settings": {"model": args.model, "size": list(args.size), "device": args.device,
                      "threads": args.threads, "frames": args.frames, "speed": speed,
-                     "input_fps": live["timing"]["input_fps"]},
+                     "input_fps": live["pooled"]["timing"]["input_fps"]},
         "stages": rows,
-        "node_dropped": live["frames"]["dropped"],
+        "node_dropped": live["pooled"]["frames"]["dropped"],
         "live_wall_s": live_s,
         "target_ratio": TARGET_RATIO,
         "within_target": inference["ratio"] is not None and inference["ratio"] <= TARGET_RATIO,

@@ -30,4 +30,4 @@ $SP train "${COMMON[@]}" --out "$OUT/run" --iterations "$ITERATIONS" --crop 192x
   --val-every 50 --threads 1 --seed 0 --class-balance sqrt
 $SP train "${COMMON[@]}" --out "$OUT/finetune" --init "$OUT/run/best.pth" --iterations "$FINETUNE_ITERATIONS" \
   --crop 256x256 --lr 6e-4 --warmup 100 --val-every 250 --threads 2 --seed 1 --class-balance none
-python -m seg_perception.training.export "$OUT/finetune/best.pth" seg_perception/weights/synthetic_street.pt
+python -m seg_perception.training.shrink_checkpoint "$OUT/finetune/best.pth" seg_perception/weights/synthetic_street.pt

@@ -10,17 +10,9 @@ import sys
 from collections.abc import Callable
 
 from .backends.base import BACKENDS
+from .cli_args import parse_size
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``'512x1024'`` -> (512, 1024) as (height, width)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH, got {text!r}") from None
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return height, width
+__all__ = ["build_parser", "main", "parse_size"]
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -239,3 +239,105 @@ def test_decode_bench_compares_decoders_and_writes_json(tmp_path: Path) -> None:
     assert row["size"] == "32x64" and row["chosen_cpu_decoder"] == C.jpeg_decoder()[0]
     assert {"simplejpeg", "opencv"} <= set(row["jpeg_ms"]) and row["jpeg_ms"]["opencv"]["p50"] > 0
     assert all(diff <= 2 for diff in row["max_abs_diff_vs_opencv"].values())
+
+
+# -- padding, channel order, any message -----------------------------------------------------------
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+@pytest.mark.parametrize("padding", [1, 63, 64, 65, 4096, 1 << 20])
+def test_zero_padding_after_the_end_marker_is_accepted(rgb: np.ndarray, codec: str, padding: int) -> None:
+    """V4L2/UVC MJPEG drivers hand out whole buffers: the image, then zeros to the buffer's end."""
+    data = _jpeg(rgb) if codec == "jpeg" else _png(rgb[:, :, ::-1])
+    assert C.check_compressed(codec, data + bytes(padding)) == C.probe(data)
+    np.testing.assert_array_equal(C.decode_to_rgb(codec, data + bytes(padding)), C.decode_to_rgb(codec, data))
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+@pytest.mark.parametrize("cut", [0.5, 0.95])
+@pytest.mark.parametrize("padding", [0, 63, 4096])
+def test_truncated_payloads_are_rejected_even_when_padded(rgb: np.ndarray, codec: str, cut: float,
+                                                          padding: int) -> None:
+    data = _jpeg(rgb) if codec == "jpeg" else _png(rgb[:, :, ::-1])
+    with pytest.raises(ImageRejected, match="truncated") as info:
+        C.decode_to_rgb(codec, data[: int(len(data) * cut)] + bytes(padding))
+    assert info.value.reason == "corrupt"
+
+
+def test_gpu_path_accepts_padding_and_hands_nvjpeg_the_image_only(rgb: np.ndarray, fake_cuda: FakeNvJpeg,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jpeg(rgb)
+    sizes: list[int] = []
+    one = fake_cuda._one
+    monkeypatch.setattr(fake_cuda, "_one", lambda tensor: sizes.append(tensor.numel()) or one(tensor))
+    (out,) = C.decode_jpegs_cuda([("jpeg", data + bytes(1000))], device="cuda")
+    assert tuple(out.shape) == rgb.shape and sizes == [len(data)]
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_rgb_bytes_handed_to_the_codec_are_swapped_back(rgb: np.ndarray, codec: str) -> None:
+    """``... compressed rgb8``: the producer gave OpenCV RGB bytes (as if BGR); image_transport's
+    subscriber swaps the channels back after decoding, and so do we."""
+    data = cv2.imencode(".jpg" if codec == "jpeg" else ".png", rgb)[1].tobytes()  # RGB bytes, no conversion
+    out = C.decode_to_rgb(f"rgb8; {codec} compressed rgb8", data)
+    assert np.abs(out.astype(int) - rgb).mean() < 3.0  # a swap would be ~60 off
+    as_bgr = C.decode_to_rgb(f"rgb8; {codec} compressed bgr8", data)
+    assert np.abs(as_bgr.astype(int) - rgb[:, :, ::-1]).mean() < 3.0
+
+
+def test_gpu_path_swaps_rgb_encoded_jpegs_back(rgb: np.ndarray, fake_cuda: FakeNvJpeg) -> None:
+    data = cv2.imencode(".jpg", rgb)[1].tobytes()
+    swapped, plain = C.decode_jpegs_cuda([("rgb8; jpeg compressed rgb8", data), ("jpeg", _jpeg(rgb))], device="cuda")
+    assert np.abs(swapped.numpy().astype(int) - rgb).mean() < 3.0
+    assert np.abs(plain.numpy().astype(int) - rgb).mean() < 3.0
+
+
+def test_any_image_message_becomes_rgb_with_the_nodes_checks(rgb: np.ndarray) -> None:
+    """The one entry point for evaluation and training: rclpy messages and messages deserialized
+    from a bag, raw or compressed, give the same RGB and the same reject reasons as the node."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from seg_perception.evaluation.bag_io import TYPESTORE, compressed_image_message, image_message
+
+    raw_bag = image_message(0, "c", rgb, "rgb8")
+    jpeg_bag = compressed_image_message(0, "c", rgb, "jpeg", 95)
+    raw_ros = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=rgb.tobytes())
+    jpeg_ros = CompressedImage(format="rgb8; jpeg compressed bgr8", data=_jpeg(rgb))
+    assert not C.is_compressed(raw_bag) and not C.is_compressed(raw_ros)
+    assert C.is_compressed(jpeg_bag) and C.is_compressed(jpeg_ros)
+    np.testing.assert_array_equal(C.message_to_rgb(raw_bag), rgb)
+    np.testing.assert_array_equal(C.message_to_rgb(raw_ros), rgb)
+    np.testing.assert_array_equal(C.message_to_rgb(jpeg_bag), C.decode_to_rgb(jpeg_ros.format, jpeg_ros.data))
+    assert np.abs(C.message_to_rgb(jpeg_ros).astype(int) - rgb).mean() < 3.0
+    assert C.message_size(jpeg_bag) == C.message_size(raw_ros) == (48, 64)
+    # deserialized from CDR, as the evaluator and training read bags
+    cdr = TYPESTORE.deserialize_cdr(TYPESTORE.serialize_cdr(jpeg_bag, "sensor_msgs/msg/CompressedImage"),
+                                    "sensor_msgs/msg/CompressedImage")
+    np.testing.assert_array_equal(C.message_to_rgb(cdr), C.message_to_rgb(jpeg_bag))
+    raw_ros.encoding = "16UC1"
+    with pytest.raises(ImageRejected) as info:
+        C.message_to_rgb(raw_ros)
+    assert info.value.reason == "encoding"
+    jpeg_ros.data = _jpeg(rgb)[:300]
+    with pytest.raises(ImageRejected) as info:
+        C.message_to_rgb(jpeg_ros, max_pixels=10**6)
+    assert info.value.reason == "corrupt"
+    assert C.message_size(jpeg_ros) == (48, 64) and C.message_size(CompressedImage(format="jpeg")) == (0, 0)
+    with pytest.raises(ImageRejected, match="exceeds max_pixels") as info:
+        C.message_to_rgb(jpeg_bag, max_pixels=100)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("quality", [10, 49, 50, 80, 95, 100])
+def test_jpeg_quality_is_read_from_the_quantisation_table(rgb: np.ndarray, quality: int) -> None:
+    data = _jpeg(rgb, quality)
+    assert C.jpeg_quality(data) == quality
+    assert C.jpeg_quality(np.frombuffer(data + bytes(100), np.uint8)) == quality  # a bag's array, padded
+
+
+def test_jpeg_quality_of_other_data_is_none(rgb: np.ndarray) -> None:
+    data = _jpeg(rgb, 80)
+    dqt = data.index(b"\xff\xdb")
+    assert C.jpeg_quality(_png(rgb)) is None and C.jpeg_quality(b"") is None
+    assert C.jpeg_quality(data[:dqt + 10]) is None  # cut inside the table
+    table = bytearray(data)
+    table[dqt + 5] ^= 0x55  # one entry off IJG's table: not a libjpeg quality
+    assert C.jpeg_quality(bytes(table)) is None

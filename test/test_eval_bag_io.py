@@ -251,9 +251,9 @@ def test_metadata_that_under_counts_messages_is_noted(drive, tmp_path: Path) -> 
 
 def test_frame_whose_ground_truth_is_all_ignored_is_not_counted_as_evaluated(tmp_path: Path) -> None:
     from seg_perception.evaluation.bag_io import BagFrame
-    from seg_perception.evaluation.replay import Ledger
+    from seg_perception.evaluation.ledger import Ledger
 
-    ledger = Ledger(tmp_path, total_frames=2, overlays=0)
+    ledger = Ledger(total_frames=2)
     labels = np.zeros((2, 3), np.uint8)
     image = image_message(1, "c", np.zeros((2, 3, 3), np.uint8), "rgb8")
     unlabeled = BagFrame(0, 1, "c", image, np.zeros((2, 3), np.uint8))  # label id 0: ignored

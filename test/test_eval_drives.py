@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -12,13 +11,13 @@ import numpy as np
 import pytest
 
 from seg_perception.cli import main
-from seg_perception.evaluation.bag_images import CompressedFrame, frame_rgb, jpeg_quality
+from seg_perception.compressed import is_compressed, jpeg_quality, message_to_rgb
 from seg_perception.evaluation.bag_io import DriveBag, camera_topics, find_cameras
+from seg_perception.evaluation.drives.plan import DriveListError, collect_drives, load_tags, plan_tasks
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
-from seg_perception.evaluation.fleet import DriveListError, collect_drives, load_tags, plan_tasks
-from seg_perception.evaluation.fleet_report import PLOTS
-from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
 from seg_perception.evaluation.metrics import summarize
+from seg_perception.evaluation.plots import PLOTS
+from seg_perception.evaluation.report import read_frames
 from seg_perception.evaluation.sample_drive import make_sample_drive, parse_cameras, render_drive
 from seg_perception.image_conversion import ImageRejected
 
@@ -60,23 +59,24 @@ def test_several_cameras_share_stamps_and_see_different_views(root: Path) -> Non
 def test_compressed_images_decode_and_report_quality(root: Path, tmp_path: Path) -> None:
     camera = find_cameras(root / "multi" / "bag", ["front"])[0]
     frame = bag_frames(root / "multi" / "bag", camera.image_topic, camera.gt_topic)[0]
-    assert isinstance(frame.image, CompressedFrame) and frame.image.format == "rgb8; jpeg compressed bgr8"
+    assert is_compressed(frame.image) and frame.image.format == "rgb8; jpeg compressed bgr8"
     assert jpeg_quality(frame.image.data.tobytes()) == 80
     rendered = next(render_drive(1, *SIZE, seed=1))[0]
-    decoded = frame_rgb(frame.image)
+    decoded = message_to_rgb(frame.image)
     assert decoded.shape == rendered.shape and np.abs(decoded.astype(int) - rendered).mean() < 8  # lossy, close
     # PNG is lossless: the decoded image equals the raw render exactly.
     assert main(["make-sample-drive", str(tmp_path / "png"), "--frames", "2", "--size", "48x96",
                  "--compressed", "png"]) == 0
     png = bag_frames(tmp_path / "png" / "bag", "/camera/image_raw", "/camera/semantic_gt")
     assert png[0].image.format == "rgb8; png compressed bgr8"
-    np.testing.assert_array_equal(frame_rgb(png[1].image), list(render_drive(2, *SIZE))[1][0])
+    np.testing.assert_array_equal(message_to_rgb(png[1].image), list(render_drive(2, *SIZE))[1][0])
     np.testing.assert_array_equal(png[1].gt, list(render_drive(2, *SIZE))[1][1])  # ground truth stays mono8
     # The single-bag report says how the images were stored.
     report, paths = evaluate(EvalOptions(bag=tmp_path / "png" / "bag", out=tmp_path / "rep", mode="offline",
                                          overlays=1, threads=1, progress=False), resolve_params(device="cpu"))
-    assert report["bag"]["input"]["transport"] == "compressed" and report["bag"]["input"]["codec"] == "png"
-    assert report["frames"]["evaluated"] == 2 and len(report["files"]["overlays"]) == 1
+    camera = report["drives"][0]["cameras"]["camera"]
+    assert camera["input"]["transport"] == "compressed" and camera["input"]["codec"] == "png"
+    assert report["pooled"]["frames"]["evaluated"] == 2 and len(report["files"]["overlays"]) == 1
     assert "- images: compressed png (format 'rgb8; png compressed bgr8')" in paths["markdown"].read_text()
 
 
@@ -92,23 +92,23 @@ def test_cityscapes_to_bag_writes_compressed_images(root: Path, tmp_path: Path) 
 
 
 def test_bad_compressed_data_is_rejected_with_a_reason() -> None:
+    """Offline frames are rejected by the node's own checks, with the node's reasons."""
     ok, data = cv2.imencode(".jpg", np.zeros((32, 64, 3), np.uint8))
     header = type("H", (), {"frame_id": "c"})()
 
-    def frame(payload: bytes, fmt: str = "jpeg") -> CompressedFrame:
-        return CompressedFrame.of(type("M", (), {"header": header, "format": fmt,
-                                                 "data": np.frombuffer(payload, np.uint8)})())
+    def frame(payload: bytes, fmt: str = "jpeg") -> object:  # a CompressedImage as rosbags deserializes it
+        return type("M", (), {"header": header, "format": fmt, "data": np.frombuffer(payload, np.uint8)})()
 
-    cases = [(frame(b"garbage" * 10), "undecodable"), (frame(data.tobytes()[:200]), "undecodable"),
-             (frame(data.tobytes(), "webp"), "compressed_format")]
+    cases = [(frame(b"garbage" * 10), "corrupt"), (frame(data.tobytes()[:200]), "corrupt"),
+             (frame(data.tobytes(), "webp"), "format")]
     for bad, reason in cases:
         with pytest.raises(ImageRejected) as info:
-            frame_rgb(bad)
+            message_to_rgb(bad)
         assert info.value.reason == reason
     with pytest.raises(ImageRejected) as info:
-        frame_rgb(frame(data.tobytes()), max_pixels=32 * 63)  # from the header, before decoding
+        message_to_rgb(frame(data.tobytes()), max_pixels=32 * 63)  # from the header, before decoding
     assert info.value.reason == "too_large"
-    assert frame_rgb(frame(data.tobytes())).shape == (32, 64, 3)
+    assert message_to_rgb(frame(data.tobytes())).shape == (32, 64, 3)
 
 
 def test_many_drives_pool_cameras_and_tags_exactly(root: Path, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_many_drives_pool_cameras_and_tags_exactly(root: Path, tmp_path: Path) -
             rep, _ = evaluate(EvalOptions(bag=bag, out=tmp_path / "single" / camera.name, mode="offline", overlays=0,
                                           threads=1, progress=False, image_topic=camera.image_topic,
                                           gt_topic=camera.gt_topic), values)
-            single[camera.name] = np.asarray(rep["metrics"]["confusion_matrix"])
+            single[camera.name] = np.asarray(rep["pooled"]["metrics"]["confusion_matrix"])
     total = sum(single.values())
     np.testing.assert_array_equal(np.asarray(report["pooled"]["metrics"]["confusion_matrix"]), total)
     for name, cam in report["cameras"].items():
@@ -145,8 +145,7 @@ def test_many_drives_pool_cameras_and_tags_exactly(root: Path, tmp_path: Path) -
                                               "JPEG quality 80)", "raw rgb8"]
     for name in PLOTS.values():
         assert cv2.imread(str(tmp_path / "rep" / name)) is not None, name
-    with (tmp_path / "rep" / "frames.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_frames(tmp_path / "rep")
     assert len(rows) == 5 + 3 * 4 and {r["status"] for r in rows} == {"evaluated"}
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "### city" in markdown and "| bonn | 1 | 0 | 12 |" in markdown
@@ -157,13 +156,17 @@ def test_chunks_give_the_numbers_of_whole_drives(root: Path, tmp_path: Path) -> 
     drives = collect_drives([str(root / "raw" / "bag"), str(root / "multi" / "bag")])
     tasks, unplanned = plan_tasks(drives, None, chunk_frames=2)
     assert not unplanned and len(tasks) == 3 + 3 * 2  # 5 frames -> 2+2+1; 4 frames per camera -> 2+2
-    whole, _ = evaluate_drives(DrivesOptions(drives, tmp_path / "whole", threads=1, progress=False), values)
-    chunked, _ = evaluate_drives(DrivesOptions(drives, tmp_path / "chunks", chunk_frames=2, threads=1,
-                                               progress=False), values)
+    whole, _ = evaluate(EvalOptions(drives=drives, out=tmp_path / "whole", mode="offline", threads=1,
+                                    progress=False), values)
+    chunked, _ = evaluate(EvalOptions(drives=drives, out=tmp_path / "chunks", mode="offline", chunk_frames=2,
+                                      threads=1, progress=False), values)
     assert chunked["execution"]["tasks"] == 9
     assert chunked["pooled"]["metrics"] == whole["pooled"]["metrics"]
     assert chunked["pooled"]["frames"] == whole["pooled"]["frames"]
     assert whole["pooled"]["frames"]["all_accounted"]
+    # stage timings pool every frame of every chunk and camera (samples, not percentiles of percentiles)
+    inference = [r["pooled"]["timing"]["stages_ms"]["inference"] for r in (whole, chunked)]
+    assert inference[0]["count"] == inference[1]["count"] == 5 + 3 * 4
     assert [d["confusion_matrix"] for d in chunked["drives"]] == [d["confusion_matrix"] for d in whole["drives"]]
 
 
@@ -172,8 +175,8 @@ def test_a_broken_drive_is_reported_failed_and_the_others_pooled(root: Path, tmp
     broken.mkdir()
     (broken / "metadata.yaml").write_text("not: a bag\n")
     drives = collect_drives([str(root / "raw" / "bag"), str(broken)])
-    report, _ = evaluate_drives(DrivesOptions(drives, tmp_path / "rep", cameras=["camera"], threads=1,
-                                              progress=False), resolve_params(device="cpu"))
+    report, _ = evaluate(EvalOptions(drives=drives, out=tmp_path / "rep", mode="offline", cameras=["camera"],
+                                     threads=1, progress=False), resolve_params(device="cpu"))
     failed = [d for d in report["drives"] if d["status"] == "failed"]
     assert [d["name"] for d in failed] == ["broken"] and "BagError" in failed[0]["reason"]
     assert report["pooled"]["drives_ok"] == 1 and report["pooled"]["frames"]["evaluated"] == 5

@@ -12,7 +12,8 @@ from rosbags.rosbag2 import Writer
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_io import GT_TOPIC, IMAGE_TOPIC, IMAGE_TYPE, TYPESTORE, DriveBag, image_message
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
-from seg_perception.evaluation.node_process import NodeStartError, books_delta, parse_diagnostics
+from seg_perception.evaluation.live.node_process import NodeStartError, books_delta, parse_diagnostics
+from seg_perception.evaluation.report import read_frames
 from seg_perception.evaluation.sample_drive import make_sample_drive
 
 FRAMES = 8
@@ -25,19 +26,21 @@ def drive(tmp_path_factory: pytest.TempPathFactory):
 
 
 def run(bag: Path, out: Path, mode: str, **options) -> dict:
+    """The report of one single-camera bag, with its frames.csv rows under ``per_frame``."""
     values = resolve_params(device="cpu")
-    report, _ = evaluate(EvalOptions(bag=bag, out=out, mode=mode, threads=1, progress=False, **options), values)
+    report, paths = evaluate(EvalOptions(bag=bag, out=out, mode=mode, threads=1, progress=False, **options), values)
+    report["per_frame"] = read_frames(paths["frames_csv"])
     return report
 
 
 def assert_every_frame_accounted(report: dict, frames: int) -> None:
     indices = sorted(r["index"] for r in report["per_frame"])
     assert indices == list(range(frames))  # each frame exactly once
-    f = report["frames"]
+    f = report["pooled"]["frames"]
     assert f["read"] == f["in_bag"] == frames
     assert (f["evaluated"] + f["not_evaluated"]["total"] + f["dropped"]["total"] + f["rejected"]["total"]
             == frames)
-    live = report["live"]
+    live = report["cameras"]["camera"]["live"]  # the camera's figures; the node process is report["live"]
     books = live["node_accounting"]
     assert live["published"] == frames
     assert books["in_flight"] == 0
@@ -46,35 +49,35 @@ def assert_every_frame_accounted(report: dict, frames: int) -> None:
             == f["dropped"]["total"] + f["rejected"]["total"])
     assert live["reconciliation"]["all_accounted"]
     assert live["unexpected_outputs"] == 0
-    # the node ran as a process of its own and was stopped cleanly
-    node = live["node_process"]
+    # the node ran as a process of its own, through seg_node's entry point, and was stopped cleanly
+    node = report["live"]["node_process"]
     assert node["exit_code"] == 0
-    assert "seg_perception.node" in " ".join(node["command"]) and "--params-file" in node["command"]
+    assert "seg_perception.process" in " ".join(node["command"]) and "--params-file" in node["command"]
     assert "stopped in" in Path(node["log"]).read_text()
 
 
 def test_live_replay_through_the_node_accounts_for_every_frame(drive, tmp_path: Path) -> None:
     live = run(drive.bag, tmp_path / "live", "live", speed=0.5)
     assert_every_frame_accounted(live, FRAMES)
-    assert live["frames"]["evaluated"] >= 1
+    assert live["pooled"]["frames"]["evaluated"] >= 1
     returned = [r for r in live["per_frame"] if r["status"] == "evaluated"]
     assert all(r["latency_ms"] > 0 for r in returned)
-    assert live["timing"]["frame_latency_ms"]["count"] == len(returned)
+    assert live["pooled"]["timing"]["latency_ms"]["count"] == len(returned)
     # stage timings come from the node's /diagnostics: its window holds the warm-up frames too
-    processed = live["live"]["node_accounting"]["processed"]
-    assert live["timing"]["stages_ms"]["inference"]["count"] == processed + live["live"]["warmup_frames"]
-    assert live["timing"]["stages_ms"]["inference"]["p50"] > 0
+    processed = live["cameras"]["camera"]["live"]["node_accounting"]["processed"]
+    assert live["pooled"]["timing"]["stages_ms"]["inference"]["count"] == processed + live["live"]["warmup_frames"]
+    assert live["pooled"]["timing"]["stages_ms"]["inference"]["p50"] > 0
     assert live["live"]["dds"]["discovery_range"] == "LOCALHOST"
     assert live["live"]["dds"]["node_input_qos"].startswith("reliable")
-    assert live["live"]["transport_lost"] == 0  # reliable over shared memory: nothing lost
+    assert live["cameras"]["camera"]["live"]["transport_lost"] == 0  # reliable over shared memory: nothing lost
     # The node's labels equal the engine's (same seeded random weights): every frame evaluated
     # live has the pixel accuracy the offline run measured on it.
     offline = run(drive.bag, tmp_path / "offline", "offline")
     offline_acc = {r["index"]: r["pixel_accuracy"] for r in offline["per_frame"]}
     for record in returned:
         assert record["pixel_accuracy"] == pytest.approx(offline_acc[record["index"]], abs=0)
-    if live["frames"]["evaluated"] == FRAMES:
-        assert live["metrics"]["confusion_matrix"] == offline["metrics"]["confusion_matrix"]
+    if live["pooled"]["frames"]["evaluated"] == FRAMES:
+        assert live["pooled"]["metrics"]["confusion_matrix"] == offline["pooled"]["metrics"]["confusion_matrix"]
 
 
 def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path) -> None:
@@ -96,17 +99,17 @@ def test_live_counts_rejected_encodings_and_unusable_ground_truth(tmp_path: Path
             writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(gt_msg, IMAGE_TYPE))
     report = run(tmp_path / "bag", tmp_path / "out", "live", speed=0.5)
     assert_every_frame_accounted(report, 6)
-    assert report["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}
+    assert report["pooled"]["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}
     assert {r["index"]: r["status"] for r in report["per_frame"]}[1] == "rejected"
     statuses = {r["index"]: (r["status"], r["reason"]) for r in report["per_frame"]}
     if statuses[2][0] != "dropped":  # a frame the node dropped never gets to its ground-truth check
         assert statuses[2] == ("not_evaluated", "gt_size_mismatch")
-        assert report["frames"]["not_evaluated"]["by_reason"] == {"gt_size_mismatch": 1}
+        assert report["pooled"]["frames"]["not_evaluated"]["by_reason"] == {"gt_size_mismatch": 1}
         assert any("could not be evaluated" in note for note in report["notes"])
     offline = run(tmp_path / "bag", tmp_path / "offline", "offline")
-    assert offline["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}
-    assert offline["frames"]["not_evaluated"] == {"total": 1, "by_reason": {"gt_size_mismatch": 1}}
-    assert offline["frames"]["evaluated"] == 3
+    assert offline["pooled"]["frames"]["rejected"] == {"total": 2, "by_reason": {"encoding": 2}}
+    assert offline["pooled"]["frames"]["not_evaluated"] == {"total": 1, "by_reason": {"gt_size_mismatch": 1}}
+    assert offline["pooled"]["frames"]["evaluated"] == 3
 
 
 def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -121,7 +124,7 @@ def test_demo_command_prints_summary_and_untrained_warning(tmp_path: Path, capsy
     report = json.loads((out / "report" / "report.json").read_text())
     assert f"report: {out / 'report' / 'report.md'}" in captured.out
     assert report["mode"] == "live" and report["untrained"] is True
-    assert report["frames"]["read"] == 4
+    assert report["pooled"]["frames"]["read"] == 4
     with DriveBag(out / "drive" / "bag") as bag:
         assert bag.info.image_count == 4
 
@@ -158,7 +161,7 @@ def test_compressed_frames_are_published_as_recorded() -> None:
     from sensor_msgs.msg import CompressedImage
 
     from seg_perception.evaluation.bag_io import BagFrame
-    from seg_perception.evaluation.replay import _image_message
+    from seg_perception.evaluation.live.replay import _image_message
 
     image = SimpleNamespace(format="rgb8; jpeg compressed bgr8", data=np.arange(10, dtype=np.uint8))
     msg = _image_message(BagFrame(0, 5, "cam", image, None), CompressedImage)
@@ -167,8 +170,9 @@ def test_compressed_frames_are_published_as_recorded() -> None:
 
 
 def test_two_cameras_replay_through_one_node_each_accounted(tmp_path: Path) -> None:
-    from seg_perception.evaluation.evaluate import node_overrides
-    from seg_perception.evaluation.replay import Ledger, LiveCamera, run_live_cameras
+    from seg_perception.evaluation.ledger import Ledger
+    from seg_perception.evaluation.live.replay import LiveCamera, run_live_cameras
+    from seg_perception.evaluation.live.run import node_overrides
 
     rng = np.random.default_rng(0)
     topics = {cam: (f"/{cam}/image_raw", f"/{cam}/semantic_gt") for cam in ("front", "left")}
@@ -185,10 +189,11 @@ def test_two_cameras_replay_through_one_node_each_accounted(tmp_path: Path) -> N
     cameras = []
     for cam, (image_topic, gt_topic) in topics.items():
         bag = DriveBag(tmp_path / "bag", image_topic, gt_topic)
-        cameras.append(LiveCamera(cam, bag, Ledger(tmp_path / cam, bag.info.image_count, overlays=0)))
+        cameras.append(LiveCamera(cam, bag, Ledger(bag.info.image_count)))
         (tmp_path / cam).mkdir()
     try:
-        stats = run_live_cameras(cameras, node_overrides(values, 10), speed=0.5, progress=False, threads=1)
+        stats = run_live_cameras(cameras, node_overrides(values, 10), tmp_path / "front", speed=0.5, progress=False,
+                                 threads=1)
     finally:
         for camera in cameras:
             camera.bag.close()
@@ -208,7 +213,7 @@ def test_live_node_params_for_several_cameras_and_compressed_bags() -> None:
     from types import SimpleNamespace
 
     from seg_perception import params as P
-    from seg_perception.evaluation.replay import LiveCamera, live_node_params
+    from seg_perception.evaluation.live.replay import LiveCamera, live_node_params
 
     def bag(topic: str, transport: str = "raw") -> SimpleNamespace:
         return SimpleNamespace(info=SimpleNamespace(image_topic=topic, image_transport=transport))
@@ -282,9 +287,82 @@ def test_compressed_bag_evaluated_live_through_the_node(tmp_path: Path) -> None:
                               progress=False)
     report = run(drive.bag, tmp_path / "live", "live", speed=0.5)
     assert_every_frame_accounted(report, frames)
-    assert report["frames"]["evaluated"] >= 1  # labels came back for JPEG frames the node decoded
+    assert report["pooled"]["frames"]["evaluated"] >= 1  # labels came back for JPEG frames the node decoded
     assert "image_transport: compressed" in (tmp_path / "live" / "node_params.yaml").read_text()
-    info = report["bag"]["input"]
+    info = report["drives"][0]["cameras"]["camera"]["input"]
     assert info["transport"] == "compressed" and info["codec"] == "jpeg" and info["jpeg_quality"] == 80
     assert "- images: compressed jpeg (format 'rgb8; jpeg compressed bgr8', JPEG quality 80)" in \
         (tmp_path / "live" / "report.md").read_text()
+
+
+def test_node_and_offline_evaluator_decode_alike_padding_accepted_truncation_rejected(tmp_path: Path) -> None:
+    """One decoder: a truncated JPEG is rejected as `corrupt` by the node (live) and by the offline
+    evaluator, each frame with that reason; a JPEG padded with zeros, as V4L2 drivers pad their
+    buffers, is decoded by both."""
+    from seg_perception.evaluation.bag_io import COMPRESSED_TYPE, compressed_image_message
+
+    rng = np.random.default_rng(1)
+    gt = np.full((32, 64), 7, np.uint8)
+    with Writer(tmp_path / "bag", version=9) as writer:
+        image_conn = writer.add_connection(f"{IMAGE_TOPIC}/compressed", COMPRESSED_TYPE, typestore=TYPESTORE)
+        gt_conn = writer.add_connection(GT_TOPIC, IMAGE_TYPE, typestore=TYPESTORE)
+        for i in range(5):
+            stamp = 1_000_000_000 + i * 200_000_000
+            image = compressed_image_message(stamp, "cam", rng.integers(0, 256, (32, 64, 3), dtype=np.uint8), "jpeg")
+            if i == 1:
+                image.data = image.data[: len(image.data) // 2]  # truncated
+            elif i == 3:
+                image.data = np.concatenate([image.data, np.zeros(4096, np.uint8)])  # padded
+            writer.write(image_conn, stamp, TYPESTORE.serialize_cdr(image, COMPRESSED_TYPE))
+            writer.write(gt_conn, stamp, TYPESTORE.serialize_cdr(image_message(stamp, "cam", gt, "mono8"), IMAGE_TYPE))
+    offline = run(tmp_path / "bag", tmp_path / "offline", "offline")
+    assert offline["pooled"]["frames"]["rejected"] == {"total": 1, "by_reason": {"corrupt": 1}}
+    assert offline["pooled"]["frames"]["evaluated"] == 4
+    live = run(tmp_path / "bag", tmp_path / "live", "live", speed=0.25)
+    assert_every_frame_accounted(live, 5)
+    assert live["pooled"]["frames"]["rejected"] == {"total": 1, "by_reason": {"corrupt": 1}}  # the node's books
+    statuses = {r["index"]: (r["status"], r["reason"]) for r in live["per_frame"]}
+    assert statuses[1] == ("rejected", "corrupt")  # the evaluator's own check agrees with the node
+    assert statuses[3][0] != "rejected"
+
+
+def test_a_live_cameras_accounting_takes_the_nodes_reasons() -> None:
+    """Per frame the evaluator only sees that labels did not come back; the node's books say why
+    (and the transport counts), and the camera's accounting reconciles only with them."""
+    from seg_perception.evaluation.drives.plan import Drive
+    from seg_perception.evaluation.results import merge_drive
+
+    books = {"received": 3, "processed": 2, "dropped_total": 1, "rejected_total": 1, "in_flight": 0,
+             "dropped": {"superseded": 1}, "rejected": {"format": 1}}
+    live = {"node_accounting": books, "transport_lost": 1, "output_lost": 0,
+            "reconciliation": {"all_accounted": True}}
+    records = [(0, 0, "evaluated", None, 5.0, 1.0, 0.0), (1, 1, "dropped", None, None, None, 0.1),
+               (2, 2, "dropped", None, None, None, 0.2), (3, 3, "rejected", "format", None, None, 0.3),
+               (4, 4, "not_evaluated", "gt_size_mismatch", 6.0, None, 0.4)]
+    camera = {"camera": "camera", "image_topic": "/camera/image_raw", "gt_topic": "/camera/semantic_gt",
+              "in_bag": 5, "storage": "sqlite3", "duration_s": 1.0, "rate_hz": 4.0, "input": None,
+              "matrix": np.zeros((19, 19), np.int64), "records": records, "unreadable": 0, "gt_without_image": 0,
+              "notes": [], "stage_samples": None, "stages_ms": {}, "live": live, "files": {}}
+    drive = merge_drive(Drive("d", "/d"), [{"cameras": [camera]}])
+    frames = drive["cameras"]["camera"]["frames"]
+    assert frames["dropped"] == {"total": 2, "by_reason": {"superseded": 1, "transport_lost": 1}}
+    assert frames["rejected"] == {"total": 1, "by_reason": {"format": 1}}
+    assert frames["all_accounted"] and frames["drop_rate"] == 3 / 5
+    live["reconciliation"]["all_accounted"] = False
+    assert not merge_drive(Drive("d", "/d"), [{"cameras": [camera]}])["frames"]["all_accounted"]
+
+
+def test_the_node_process_is_started_through_seg_nodes_entry_point(tmp_path: Path) -> None:
+    """``seg_perception.process.main`` installs the signal handlers before torch is imported; the
+    evaluator starts the node through it, with or without seeded random weights."""
+    import sys
+
+    from seg_perception.evaluation.live.node_process import node_command
+
+    params = tmp_path / "node_params.yaml"
+    assert node_command(params) == [sys.executable, "-m", "seg_perception.process", "--ros-args", "--params-file",
+                                    str(params)]
+    seeded = node_command(params, seed=7)
+    assert seeded[1] == "-c" and "torch.manual_seed(7)" in seeded[2]
+    assert "from seg_perception.process import main; main()" in seeded[2] and seeded[3:5] == ["--ros-args",
+                                                                                                "--params-file"]

@@ -110,12 +110,12 @@ def test_offline_report_matches_cityscapesscripts_on_saved_predictions(tmp_path:
     values = resolve_params(device="cpu")
     report, paths = evaluate(EvalOptions(bag=drive.bag, out=tmp_path / "report", mode="offline",
                                          save_predictions=True, threads=1, progress=False), values)
-    assert report["frames"]["evaluated"] == 4
+    assert report["pooled"]["frames"]["evaluated"] == 4
     predictions = sorted((tmp_path / "report" / "predictions").glob("*_pred_labelIds.png"))
     ground_truth = sorted(drive.cityscapes.glob("gtFine/val/sample/*_gtFine_labelIds.png"))
     assert len(predictions) == len(ground_truth) == 4
     result = cityscapes_eval(predictions, ground_truth)
-    assert_matches_cityscapes(json.loads(paths["json"].read_text())["metrics"], result)
+    assert_matches_cityscapes(json.loads(paths["json"].read_text())["pooled"]["metrics"], result)
 
 
 # -- every metric, table-driven, against cityscapesScripts' own scoring functions ------------------

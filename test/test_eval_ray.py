@@ -14,11 +14,10 @@ import pytest
 
 from seg_perception.cli import main
 from seg_perception.evaluation.bag_io import find_cameras
+from seg_perception.evaluation.drives.plan import collect_drives
+from seg_perception.evaluation.drives.ray_runner import FRAME_DELAY_ENV, LOCAL_ENV, RayOptions, import_ray
 from seg_perception.evaluation.evaluate import EvalOptions, evaluate, resolve_params
-from seg_perception.evaluation.fleet import collect_drives
-from seg_perception.evaluation.many_drives import DrivesOptions, evaluate_drives
 from seg_perception.evaluation.metrics import summarize
-from seg_perception.evaluation.ray_runner import FRAME_DELAY_ENV, LOCAL_ENV, RayOptions, import_ray
 from seg_perception.evaluation.sample_drive import make_sample_drive, parse_cameras
 
 for _key, _value in LOCAL_ENV.items():  # read by Ray when first imported, which skipping checks
@@ -61,7 +60,7 @@ def one_by_one(drives: list[Path], tmp_path_factory: pytest.TempPathFactory) -> 
             report, _ = evaluate(EvalOptions(bag=bag, out=tmp_path_factory.mktemp("single"), mode="offline",
                                              overlays=0, threads=1, progress=False, image_topic=camera.image_topic,
                                              gt_topic=camera.gt_topic), values)
-            out[bag.parent.name][camera.name] = np.asarray(report["metrics"]["confusion_matrix"])
+            out[bag.parent.name][camera.name] = np.asarray(report["pooled"]["metrics"]["confusion_matrix"])
     return out
 
 
@@ -107,9 +106,9 @@ def test_a_killed_worker_drive_is_retried_and_every_frame_accounted(ray_local, d
                 killed.append((pid, task_id))
                 return
 
-    options = DrivesOptions(drives=collect_drives([str(b) for b in drives]), out=tmp_path, progress=False,
-                            ray=RayOptions(workers=2, threads=1, max_retries=1))
-    report, _ = evaluate_drives(options, resolve_params(device="cpu"), on_progress=kill_mid_drive)
+    options = EvalOptions(drives=collect_drives([str(b) for b in drives]), out=tmp_path, mode="offline",
+                          progress=False, ray=RayOptions(workers=2, threads=1, max_retries=1))
+    report, _ = evaluate(options, resolve_params(device="cpu"), on_progress=kill_mid_drive)
     assert killed, "no worker was killed mid-drive"
     retried = [d for d in report["drives"] if d["retries"]]
     assert len(retried) == 1 and retried[0]["attempts"] == 2

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from seg_perception.evaluation import ray_runner
 from seg_perception.evaluation.bag_io import BagError
-from seg_perception.evaluation.fleet import Task
+from seg_perception.evaluation.drives import ray_runner
+from seg_perception.evaluation.drives.plan import Task
 
 
 class _WorkerDies(BaseException):

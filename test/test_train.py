@@ -110,10 +110,10 @@ def test_checkpoint_round_trips_through_loader_and_engine(runs: dict[str, Path])
 
 
 def test_fp16_export_loads_and_keeps_the_labels(runs: dict[str, Path], tmp_path: Path) -> None:
-    from seg_perception.training.export import export_fp16
+    from seg_perception.training.shrink_checkpoint import shrink_checkpoint
 
     best = runs["straight"] / "best.pth"
-    small = export_fp16(best, tmp_path / "small.pt")
+    small = shrink_checkpoint(best, tmp_path / "small.pt")
     assert small.stat().st_size < 0.6 * best.stat().st_size
     frame = next(render_drive(1, *SIZE, seed=9))[0]
     full = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", weights=str(best))).infer(frame).labels
@@ -246,6 +246,51 @@ def test_trains_from_a_drive_bag(drive: Path, tmp_path: Path) -> None:
     train(_config(tmp_path / "bag", tmp_path / "out", iterations=1, val_every=1, warmup=0))
     assert (tmp_path / "out" / "last.pth").exists()
     assert len(list((tmp_path / "out" / "data_cache").rglob("*_gtFine_labelIds.png"))) == 2
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_trains_from_a_drive_bag_of_compressed_images(tmp_path: Path, codec: str) -> None:
+    """A bag of CompressedImage trains like a raw one: decoded by the node's own decoder."""
+    from seg_perception.evaluation.sample_drive import make_sample_drive
+
+    drive = make_sample_drive(tmp_path / "drive", frames=2, size=SIZE, seed=3, progress=False, compressed=codec)
+    train(_config(drive.bag, tmp_path / "out", iterations=1, val_every=1, warmup=0))
+    assert (tmp_path / "out" / "last.pth").exists()
+    pairs = find_pairs(next((tmp_path / "out" / "data_cache").iterdir()), "train")
+    assert len(pairs) == 2
+    import cv2
+
+    rendered = list(render_drive(2, *SIZE, seed=3))
+    for pair, (rgb, ids) in zip(pairs, rendered, strict=True):
+        unpacked = cv2.imread(str(pair.image))[:, :, ::-1]
+        assert np.abs(unpacked.astype(int) - rgb).mean() < (8 if codec == "jpeg" else 1e-9)  # colours not swapped
+        np.testing.assert_array_equal(cv2.imread(str(pair.gt), cv2.IMREAD_UNCHANGED), ids)
+
+
+def test_a_compressed_frame_that_does_not_decode_is_a_clear_error(tmp_path: Path) -> None:
+    from rosbags.rosbag2 import Writer
+
+    from seg_perception.evaluation.bag_io import (
+        COMPRESSED_TYPE,
+        IMAGE_TYPE,
+        TYPESTORE,
+        compressed_image_message,
+        image_message,
+    )
+
+    rgb, ids = next(render_drive(1, *SIZE, seed=3))
+    with Writer(tmp_path / "bag", version=9) as writer:
+        images = writer.add_connection("/camera/image_raw/compressed", COMPRESSED_TYPE, typestore=TYPESTORE)
+        gts = writer.add_connection("/camera/semantic_gt", IMAGE_TYPE, typestore=TYPESTORE)
+        for index, stamp in enumerate((1_000, 2_000)):
+            image = compressed_image_message(stamp, "camera", rgb, "jpeg")
+            if index == 1:  # truncated in the recorder
+                image.data = image.data[: len(image.data) // 2]
+            writer.write(images, stamp, TYPESTORE.serialize_cdr(image, COMPRESSED_TYPE))
+            writer.write(gts, stamp, TYPESTORE.serialize_cdr(image_message(stamp, "camera", ids, "mono8"), IMAGE_TYPE))
+    with pytest.raises(TrainingDataError, match=r"frame 1 .*cannot be used \(corrupt\)"):
+        train(_config(tmp_path / "bag", tmp_path / "out", iterations=1, val_every=1, warmup=0))
+    assert not (tmp_path / "out" / "last.pth").exists()
 
 
 def test_shipped_name_resolves_and_an_existing_path_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

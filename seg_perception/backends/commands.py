@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..cli import parse_size
+from ..cli_args import parse_size
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.rosbag2.errors import ReaderError, WriterError
 from rosbags.typesys import Stores, get_typestore
 
-from .bag_images import CompressedFrame
+from ..compressed import is_compressed, jpeg_quality, message_size, probe
+from ..image_conversion import ImageRejected
 
 IMAGE_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/camera/semantic_gt"
@@ -189,7 +190,8 @@ class BagFrame:
     index: int
     stamp_ns: int
     frame_id: str
-    #: The ``sensor_msgs/Image`` as recorded (fields encoding/height/width/step/is_bigendian/data).
+    #: The image message as recorded: a ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage``
+    #: (``rosbags`` message; :func:`seg_perception.compressed.message_to_rgb` decodes either).
     image: Any
     #: HxW uint8 Cityscapes label ids, or None when unusable (see ``gt_problem``).
     gt: np.ndarray | None
@@ -252,10 +254,11 @@ class StampCensus:
 
 
 def _gt_array(msg: Any, image: Any) -> tuple[np.ndarray | None, str | None]:
-    """Decode a ground-truth message, or give the reason it cannot be used for this image."""
+    """Decode a ground-truth message, or give the reason it cannot be used for this image (whose
+    size, for a compressed image, comes from its header bytes)."""
     if msg.encoding not in GT_ENCODINGS:
         return None, "gt_encoding"
-    if (msg.height, msg.width) != (image.height, image.width):
+    if (msg.height, msg.width) != message_size(image):
         return None, "gt_size_mismatch"
     data = np.asarray(msg.data, dtype=np.uint8)
     if msg.step < msg.width or data.size != msg.step * msg.height:
@@ -325,6 +328,30 @@ def find_cameras(path: str | Path, names: Sequence[str] | None = None) -> list[C
         raise BagError(f"bag {path} has no camera (/<cam>/image_raw with /<cam>/semantic_gt); "
                        f"{_describe_topics(topics)}"[:2000])
     return list(found.values())
+
+
+def camera_name(image_topic: str) -> str:
+    """The camera a topic belongs to by the naming convention (``/<cam>/image_raw[/compressed]``),
+    else the topic itself without its leading slash."""
+    topic = image_topic.removesuffix("/compressed")
+    parts = topic.strip("/").split("/")
+    return "/".join(parts[:-1]) if len(parts) > 1 and parts[-1] == "image_raw" else topic.strip("/")
+
+
+def select_cameras(path: str | Path, names: Sequence[str] | None = None,
+                   topics: tuple[str, str] | None = None) -> list[CameraTopics]:
+    """The cameras to evaluate in the bag at ``path``: by ``names`` (None: every camera found by the
+    naming convention, :func:`find_cameras`), or the one camera of explicit ``topics`` (image,
+    ground truth), checked to exist (a missing one raises :class:`BagError` naming the topics
+    the bag does have)."""
+    if topics is None:
+        return find_cameras(path, names)
+    if names:
+        raise ValueError("name cameras (--cameras) or give one camera's topics (--image-topic/--gt-topic), not both")
+    image_topic, gt_topic = topics
+    with DriveBag(path, image_topic, gt_topic) as bag:
+        image_topic = bag.image_topic
+    return [CameraTopics(camera_name(image_topic), image_topic, gt_topic)]
 
 
 class DriveBag:
@@ -415,8 +442,6 @@ class DriveBag:
         try:
             for conn, _, raw in self._reader.messages(connections=connections):
                 msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
-                if conn.msgtype == COMPRESSED_TYPE:  # give it the size fields pairing checks
-                    msg = CompressedFrame.of(msg)
                 read += 1
                 yield conn.topic, msg
         except BagError:
@@ -481,3 +506,16 @@ class DriveBag:
                 f"the bag's metadata lists {self.info.image_count} images on {self.image_topic} but "
                 f"only {index} could be read (truncated bag?)"
             )
+
+
+def describe_input(image: Any) -> dict[str, Any]:
+    """How a camera's images were recorded, for the report: raw encoding, or codec and the JPEG
+    quality (from the quantisation tables, when it is a libjpeg quality)."""
+    if not is_compressed(image):
+        return {"transport": "raw", "encoding": str(image.encoding)[:40]}
+    try:
+        codec: str | None = probe(image.data).codec
+    except ImageRejected:
+        codec = None
+    return {"transport": "compressed", "format": str(image.format)[:80], "codec": codec,
+            "jpeg_quality": jpeg_quality(image.data) if codec == "jpeg" else None}

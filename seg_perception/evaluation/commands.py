@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from ..backends.base import BACKENDS
-from ..cli import parse_size
-from .bag_io import IMAGE_TOPIC
+from ..cli_args import parse_size
 
 
 def _print_untrained_banner() -> None:
@@ -55,49 +54,6 @@ def _values(args: argparse.Namespace) -> dict:
                           backend=args.backend)
 
 
-def _run_eval(args: argparse.Namespace, bag: Path, out: Path) -> int:
-    from .evaluate import EvalOptions, evaluate
-    from .report import summary_table
-
-    values = _values(args)
-    if not values["weights"]:
-        _print_untrained_banner()
-    options = EvalOptions(bag=bag, out=out, mode=args.mode or "live", speed=args.speed, overlays=args.overlays,
-                          video=args.video, save_predictions=args.save_predictions, domain_id=args.domain_id,
-                          seed=args.seed, threads=args.threads, progress=not args.no_progress,
-                          image_topic=args.image_topic or IMAGE_TOPIC, gt_topic=args.gt_topic, input_qos=args.input_qos)
-    try:
-        report, paths = evaluate(options, values)
-    except RuntimeError as exc:  # DDS discovery or the node failing to start
-        print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    engine = report["engine"]
-    print(f"\n{report['mode']} evaluation of {bag}: {engine['model']} {engine['variant']} on {engine['device']} "
-          f"({engine['precision']}), weights {engine['weights']}\n")
-    print(summary_table(report))
-    for note in report["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    if report["untrained"]:
-        _print_untrained_banner()
-    print(f"\nreport: {paths['markdown']} (numbers in {paths['json']})")
-    return 0
-
-
-def _many(args: argparse.Namespace, drives: list) -> bool:
-    """Whether this is a many-drive evaluation: several drives or cameras, tags, workers or chunks."""
-    from .bag_io import BagError, find_cameras
-
-    if len(drives) > 1 or args.workers or args.tags or args.cameras or args.chunk_frames or args.bags_from:
-        return True
-    if args.image_topic is not None:  # one explicitly named camera topic: the single-bag report
-        return False
-    try:
-        names = [c.name for c in find_cameras(drives[0].path)]
-    except BagError:  # no camera by the naming convention; the single-bag reader says what is there
-        return False
-    return names != ["camera"]
-
-
 def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
     if args.gpus_per_worker is not None:
         return args.gpus_per_worker
@@ -110,26 +66,34 @@ def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
     return 0.0
 
 
-def _one_bag(args: argparse.Namespace, drives: list) -> bool:
-    """Whether this is one bag with no many-drive option (tags, workers, chunks, a list of bags)."""
-    return len(drives) == 1 and not (args.workers or args.tags or args.chunk_frames or args.bags_from)
-
-
 def _cameras(args: argparse.Namespace) -> list[str] | None:
     return [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
 
 
-def _print_cameras_report(report: dict, paths: dict, title: str) -> None:
-    from .fleet_report import frames_text
-    from .report import ms, pct
+def default_mode(args: argparse.Namespace, drives: list) -> str:
+    """``--mode``, else live for one bag (all its cameras through one node) and offline for several
+    drives, a drive list, tags, workers or chunks."""
+    if args.mode:
+        return args.mode
+    many = len(drives) > 1 or args.workers or args.tags or args.chunk_frames or args.bags_from
+    return "offline" if many else "live"
 
-    pooled = report["pooled"]
-    print(f"\n{title}: pooled mIoU {pct(pooled['metrics']['miou'])} %, {pooled['drives_ok']} ok, "
-          f"{pooled['drives_failed']} failed; frames: {frames_text(pooled['frames'])}")
-    for name, cam in report["cameras"].items():
-        latency = cam["latency_ms"] or {}
-        print(f"  camera {name}: mIoU {pct(cam['metrics']['miou'])} %, {cam['frames']['evaluated']} frames evaluated"
-              f", latency p50 {ms(latency.get('p50'))} ms")
+
+def print_report(report: dict, paths: dict) -> None:
+    """The console summary: the headline table (as in report.md), per-camera lines when there are
+    several cameras, the notes, and where the files are."""
+    from .report import ms, pct, summary_table
+
+    engine = report["engine"] or {}
+    where = report["drives"][0]["path"] if len(report["drives"]) == 1 else report["title"]
+    print(f"\n{report['mode']} evaluation of {where}: {engine.get('model')} {engine.get('variant')} on "
+          f"{engine.get('device')} ({engine.get('precision')}), weights {engine.get('weights')}\n")
+    print(summary_table(report))
+    if len(report["cameras"]) > 1:
+        for name, cam in report["cameras"].items():
+            latency = cam["latency_ms"] or {}
+            print(f"  camera {name}: mIoU {pct(cam['metrics']['miou'])} %, {cam['frames']['evaluated']} frames "
+                  f"evaluated, latency p50 {ms(latency.get('p50'))} ms")
     for note in report["notes"]:
         print(f"note: {note}", file=sys.stderr)
     if report["untrained"]:
@@ -137,34 +101,12 @@ def _print_cameras_report(report: dict, paths: dict, title: str) -> None:
     print(f"\nreport: {paths['markdown']} (numbers in {paths['json']}, per frame in {paths['frames_csv']})")
 
 
-def _run_cameras_live(args: argparse.Namespace, bag: Path) -> int:
-    from .live_cameras import LiveCamerasOptions, evaluate_cameras_live
+def _run_eval(args: argparse.Namespace, drives: list, notes: list[str] | None = None) -> int:
+    """Evaluate the drives into one report; exit 1 when a drive failed or frames do not add up."""
+    from .drives.ray_runner import RayOptions, import_ray
+    from .evaluate import EvalOptions, evaluate
 
-    if args.video or args.save_predictions:
-        raise ValueError("--video and --save-predictions are written for single-camera bags; pick one camera "
-                         "with --image-topic /<cam>/image_raw --gt-topic /<cam>/semantic_gt")
-    values = _values(args)
-    if not values["weights"]:
-        _print_untrained_banner()
-    options = LiveCamerasOptions(bag=bag, out=Path(args.out), cameras=_cameras(args), speed=args.speed,
-                                 domain_id=args.domain_id, seed=args.seed, threads=args.threads,
-                                 progress=not args.no_progress, input_qos=args.input_qos)
-    try:
-        report, paths = evaluate_cameras_live(options, values)
-    except RuntimeError as exc:  # DDS discovery or the node failing to start
-        print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    _print_cameras_report(report, paths, f"live evaluation of {len(report['cameras'])} cameras of {bag}")
-    return 0 if report["pooled"]["frames"]["all_accounted"] else 1
-
-
-def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int:
-    from .many_drives import DrivesOptions, evaluate_drives
-    from .ray_runner import RayOptions, import_ray
-
-    if args.mode == "live":
-        raise ValueError("live mode evaluates one bag (all its cameras) through the node; several drives, "
-                         "tags, workers or chunks are evaluated with --mode offline")
+    mode = default_mode(args, drives)
     if args.workers is not None:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -177,26 +119,30 @@ def _run_drives(args: argparse.Namespace, drives: list, notes: list[str]) -> int
         ray_options = RayOptions(workers=args.workers, address=args.ray_address,
                                  gpus_per_worker=_gpus_per_worker(args, values), threads=args.threads or 1,
                                  max_retries=args.max_retries, seed=args.seed)
-    options = DrivesOptions(drives=drives, out=Path(args.out), cameras=_cameras(args), chunk_frames=args.chunk_frames,
-                            ray=ray_options, seed=args.seed, threads=None if args.workers else args.threads,
-                            progress=not args.no_progress, notes=notes)
-    report, paths = evaluate_drives(options, values)
-    _print_cameras_report(report, paths, f"offline evaluation of {len(drives)} drives")
-    return 1 if report["pooled"]["drives_failed"] else 0
+    options = EvalOptions(out=Path(args.out), drives=drives, mode=mode, cameras=_cameras(args),
+                          image_topic=args.image_topic, gt_topic=args.gt_topic, chunk_frames=args.chunk_frames,
+                          ray=ray_options, speed=args.speed, overlays=args.overlays, video=args.video,
+                          save_predictions=args.save_predictions, domain_id=args.domain_id, seed=args.seed,
+                          threads=args.threads, progress=not args.no_progress, input_qos=args.input_qos,
+                          notes=notes or [])
+    try:
+        report, paths = evaluate(options, values)
+    except RuntimeError as exc:  # DDS discovery or the node failing to start
+        print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    print_report(report, paths)
+    pooled = report["pooled"]
+    return 1 if pooled["drives_failed"] or not pooled["frames"]["all_accounted"] else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .fleet import collect_drives, load_tags
+    from .drives.plan import collect_drives, load_tags
 
     drives = collect_drives(args.bag or [], args.bags_from)
-    if not _many(args, drives):
-        return _run_eval(args, Path(drives[0].path), Path(args.out))
-    if args.mode != "offline" and _one_bag(args, drives):  # one bag, several cameras: one multi-camera node
-        return _run_cameras_live(args, Path(drives[0].path))
     notes: list[str] = []
     if args.tags:
         drives, notes = load_tags(args.tags, drives)
-    return _run_drives(args, drives, notes)
+    return _run_eval(args, drives, notes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -208,7 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None
     print(f"sample drive: {drive.frames} frames {args.size[0]}x{args.size[1]} -> {drive.bag}")
-    return _run_eval(args, drive.bag, out / "report")
+    from .drives.plan import drive_of
+
+    args.out = str(out / "report")
+    return _run_eval(args, [drive_of(drive.bag)])
 
 
 def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
@@ -225,14 +174,17 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
     p.add_argument("--precision", default=None, choices=("fp16", "fp32"))
     p.add_argument("--backend", default=None, choices=BACKENDS, help="what runs the network (docs/BACKENDS.md)")
     p.add_argument("--speed", type=float, default=1.0, help="live replay rate as a multiple of the recorded rate")
-    p.add_argument("--overlays", type=int, default=4, help="number of overlay images in the report")
-    p.add_argument("--video", action="store_true", help="also write overlay.mp4 of every evaluated frame")
+    p.add_argument("--overlays", type=int, default=4,
+                   help="number of overlay images in the report (one camera of one drive)")
+    p.add_argument("--video", action="store_true",
+                   help="also write overlay.mp4 of every evaluated frame (one camera of one drive)")
     p.add_argument("--save-predictions", action="store_true",
                    help="write predictions/<index>_pred_labelIds.png (Cityscapes label ids)")
     p.add_argument("--image-topic", default=None,
-                   help="image topic of a single-camera bag (default /camera/image_raw, or its /compressed); "
-                        "without it every camera /<cam>/image_raw with /<cam>/semantic_gt is found")
-    p.add_argument("--gt-topic", default="/camera/semantic_gt")
+                   help="image topic of one camera whose topics do not follow the naming convention (with "
+                        "--gt-topic; default /camera/image_raw, or its /compressed); without both, every camera "
+                        "/<cam>/image_raw with /<cam>/semantic_gt is found")
+    p.add_argument("--gt-topic", default=None, help="ground-truth topic of that camera (default /camera/semantic_gt)")
     p.add_argument("--input-qos", default="reliable", choices=("reliable", "best_effort"),
                    help="live: the node's input QoS (reliable measures the node; best_effort a sensor-data "
                         "camera path, where frames lost in transport are counted)")
@@ -310,4 +262,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=parse_size, default=(256, 512), help="HEIGHTxWIDTH")
     _add_eval_options(p, threads=1)
     # The shipped checkpoint trained on other synthetic drives; --weights '' shows random weights.
-    p.set_defaults(func=cmd_demo, weights="synthetic_street")
+    # One drive, every camera, in this process or through the node: none of the many-drive options.
+    p.set_defaults(func=cmd_demo, weights="synthetic_street", bag=None, bags_from=None, tags=None, cameras=None,
+                   chunk_frames=0, workers=None, ray_address=None, gpus_per_worker=None, max_retries=2)

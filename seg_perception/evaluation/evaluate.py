@@ -1,10 +1,17 @@
-"""One evaluation run: settings -> replay (offline or live) -> report dict -> files in ``out``."""
+"""One evaluation, whatever its size: settings -> drives -> tasks -> a runner -> ONE report.
+
+The drives (one bag or hundreds, :mod:`.drives.plan`) are cut into tasks; a runner segments their
+frames: this process (:mod:`.drives.local`), Ray workers (:mod:`.drives.ray_runner`), or, live,
+``seg_node`` itself over DDS (:mod:`.live.run`). Every runner hands back camera results of one
+shape, which are merged per drive and pooled (:mod:`.results`) into the one report format
+(:mod:`.report`). A drive that fails is reported with its reason and left out of the pooled
+numbers; when the only drive asked for cannot be read, its error is raised instead.
+"""
 
 from __future__ import annotations
 
-import datetime
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +19,17 @@ import torch
 
 from .. import params as P
 from ..benchmark import machine_info
-from ..engine import SegmentationEngine, resolve_device
-from . import report as R
-from .bag_images import describe_input
-from .bag_io import GT_TOPIC, IMAGE_TOPIC, DriveBag
-from .metrics import summarize
-from .replay import LIVE_INPUT_DEPTH, MODES, Ledger, check_model_classes, records_as_dicts, run_live, run_offline
+from ..engine import resolve_device
+from .bag_io import GT_TOPIC, IMAGE_TOPIC
+from .drives.local import RunOutcome, run_local
+from .drives.plan import Drive, Task, clip, drive_of, plan_tasks
+from .drives.ray_runner import Progress, RayOptions
+from .ledger import Outputs
+from .metrics import NUM_CLASSES
+from .report import build_report, json_safe, write_report
+from .results import failed_drive, merge_drive
 
-#: Parameters that describe the label set, not the run; left out of the report's config.
-LABEL_PARAMS = ("class_names", "palette")
+MODES = ("live", "offline")
 
 
 def resolve_params(config: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -41,45 +50,53 @@ def resolve_params(config: str | None = None, **overrides: Any) -> dict[str, Any
     return values
 
 
-def node_overrides(values: dict[str, Any], frames: int) -> dict[str, Any]:
-    """Parameters to start the node with: every non-default value, typed like its declaration.
-
-    The latency window is widened to the whole drive so the per-stage percentiles cover every
-    frame, not only the last few hundred.
-    """
-    out: dict[str, Any] = {}
-    for spec in P.PARAMS:
-        value = values[spec.name]
-        if spec.read_only or value == spec.default:
-            continue
-        if isinstance(spec.default, float) and isinstance(value, int):
-            value = float(value)
-        elif isinstance(spec.default, list):
-            value = [type(spec.default[0])(v) for v in value] if spec.default else list(value)
-        out[spec.name] = value
-    window_range = P.PARAMS_BY_NAME["latency_window"].range
-    out["latency_window"] = int(min(window_range[1], max(values["latency_window"], frames)))
-    return out
+def check_model_classes(num_classes: int) -> None:
+    if num_classes != NUM_CLASSES:
+        raise ValueError(f"Cityscapes evaluation needs a 19-class model (train ids); num_classes is {num_classes}")
 
 
 @dataclass
 class EvalOptions:
-    bag: Path
+    """What to evaluate and how. Give ``bag`` (one drive) or ``drives``."""
+
     out: Path
+    bag: Path | None = None
+    drives: list[Drive] | None = None
+    #: live: through seg_node over DDS (one drive); offline: the engine directly.
     mode: str = "live"
+    #: Camera names to evaluate; None: every camera found in each bag.
+    cameras: list[str] | None = None
+    #: One camera's topics, when they do not follow the naming convention.
+    image_topic: str | None = None
+    gt_topic: str | None = None
+    #: Split drives into tasks of at most this many frames per camera (offline); 0: whole drives.
+    chunk_frames: int = 0
+    #: Run offline on Ray with these options; None: in this process.
+    ray: RayOptions | None = None
     speed: float = 1.0
+    #: Overlay images, overlay video and prediction PNGs: written for one camera of one drive.
     overlays: int = 4
     video: bool = False
     save_predictions: bool = False
     domain_id: int | None = None
     seed: int = 0
-    #: torch intra-op threads; None keeps torch's default.
+    #: torch intra-op threads (of the node, live); None keeps torch's default.
     threads: int | None = None
     progress: bool = True
-    image_topic: str = IMAGE_TOPIC
-    gt_topic: str = GT_TOPIC
     #: The node's input QoS in a live run: reliable measures the node, not the transport.
     input_qos: str = "reliable"
+    #: Notes for the report from whoever assembled the drives (e.g. unused tags).
+    notes: list[str] = field(default_factory=list)
+
+    def topics(self) -> tuple[str, str] | None:
+        if self.image_topic is None and self.gt_topic is None:
+            return None
+        return self.image_topic or IMAGE_TOPIC, self.gt_topic or GT_TOPIC
+
+    def drive_list(self) -> list[Drive]:
+        if (self.bag is None) == (self.drives is None):
+            raise ValueError("give one bag or a list of drives")
+        return [drive_of(self.bag)] if self.bag is not None else list(self.drives or [])
 
 
 def _clean_outputs(out: Path) -> None:
@@ -87,125 +104,118 @@ def _clean_outputs(out: Path) -> None:
     for sub in ("overlays", "predictions"):
         for path in (out / sub).glob("*.png"):
             path.unlink()
-    for name in ("overlay.mp4",):
-        (out / name).unlink(missing_ok=True)
+    (out / "overlay.mp4").unlink(missing_ok=True)
 
 
-def _frames_section(ledger: Ledger, bag: DriveBag, live: dict[str, Any] | None) -> dict[str, Any]:
-    groups: dict[str, Counter] = {"not_evaluated": Counter(), "dropped": Counter(), "rejected": Counter()}
-    for record in ledger.records:
-        if record.status in groups:
-            groups[record.status][record.reason or "unattributed"] += 1
-    totals = {k: sum(v.values()) for k, v in groups.items()}
-    if live is not None:  # the node knows why it dropped or rejected; per frame we only see absence
-        books = live["node_accounting"]
-        groups["dropped"] = Counter(books["dropped"])
-        for lost in ("transport_lost", "output_lost"):
-            if live[lost]:
-                groups["dropped"][lost] = live[lost]
-        groups["rejected"] = Counter(books["rejected"])
-        # The node's totals: it may reject a frame the evaluator could not judge (a compressed
-        # frame that does not decode), which the ledger holds as absent (dropped).
-        totals.update({k: sum(groups[k].values()) for k in ("dropped", "rejected")})
-    read = len(ledger.records)
-    return {
-        "in_bag": bag.info.image_count,
-        "read": read,
-        "evaluated": ledger.counts()["evaluated"],
-        **{k: {"total": totals[k], "by_reason": dict(groups[k])} for k in groups},
-        "unreadable": bag.pairing.unreadable_images,
-        "gt_without_image": bag.pairing.gt_without_image,
-        "drop_rate": (totals["dropped"] + totals["rejected"]) / read if read else None,
-    }
+def _outputs(options: EvalOptions, tasks: list[Task]) -> Outputs | None:
+    """Report images are written when the evaluation is one camera of one drive, run here."""
+    one_camera = len(tasks) == 1 and tasks[0].cameras is not None and len(tasks[0].cameras) == 1
+    if one_camera and options.ray is None:
+        return Outputs(Path(options.out), options.overlays, options.save_predictions, options.video)
+    if options.video or options.save_predictions:
+        raise ValueError("--video and --save-predictions are written for single-camera bags; pick one camera "
+                         "with --cameras NAME (or --image-topic /<cam>/image_raw --gt-topic /<cam>/semantic_gt), "
+                         "without --chunk-frames or --workers")
+    return None
 
 
-def _first_input(options: EvalOptions) -> dict[str, Any] | None:
-    """How the bag's images are stored (raw encoding, or codec and JPEG quality), from frame 0."""
-    with DriveBag(options.bag, options.image_topic, options.gt_topic) as bag:
-        first = next(bag.frames(), None)
-    return describe_input(first.image) if first is not None else None
+def evaluate(options: EvalOptions, values: dict[str, Any],
+             on_progress: Callable[[Progress], None] | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the evaluation and write the report; returns the report dict and the file paths.
 
-
-def evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Run the evaluation and write the report; returns the report dict and the file paths."""
+    ``on_progress`` (Ray only) is called with :class:`~.drives.ray_runner.Progress` on every poll.
+    """
     threads = torch.get_num_threads()
     try:
-        return _evaluate(options, values)
+        return _evaluate(options, values, on_progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _evaluate(options: EvalOptions, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+def _evaluate(options: EvalOptions, values: dict[str, Any],
+              on_progress: Callable[[Progress], None] | None) -> tuple[dict[str, Any], dict[str, Path]]:
     if options.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {options.mode!r}")
+    if options.chunk_frames < 0:
+        raise ValueError(f"--chunk-frames must be >= 0, got {options.chunk_frames}")
     check_model_classes(int(values["num_classes"]))
+    drives = options.drive_list()
+    live = options.mode == "live"
+    if live and (len(drives) != 1 or options.ray is not None or options.chunk_frames):
+        raise ValueError("live mode evaluates one bag (all its cameras) through the node; several drives, "
+                         "workers or chunks are evaluated with --mode offline")
+    tasks, unplanned = plan_tasks(drives, options.cameras, options.chunk_frames, options.topics())
+    if len(drives) == 1 and unplanned:  # the one bag asked for cannot be read: say why, no report
+        raise unplanned[0]
+    outputs = _outputs(options, tasks)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out)
     torch.manual_seed(options.seed)  # random-weight runs are reproducible
-    if options.threads:
+    if options.threads and options.ray is None:
         torch.set_num_threads(options.threads)
-    notes: list[str] = []
-    with DriveBag(options.bag, options.image_topic, options.gt_topic) as bag:
-        rate = (bag.info.image_count - 1) / bag.info.duration_s if bag.info.duration_s > 0 else 17.0
-        ledger = Ledger(out, bag.info.image_count, options.overlays, options.save_predictions,
-                        options.video, rate)
-        live = None
-        if options.mode == "offline":
-            engine = SegmentationEngine(P.engine_config(values))
-            engine_description = engine.description
-            timing = run_offline(bag, engine, ledger, values["max_pixels"], options.progress)
-        else:
-            params = {**node_overrides(values, bag.info.image_count), "qos_reliability": options.input_qos}
-            if options.input_qos == "reliable":  # a starved node shows as superseded, not as queue overflow
-                params["qos_depth"] = max(values["qos_depth"], LIVE_INPUT_DEPTH)
-            live = run_live(bag, params, ledger, options.speed, options.domain_id, options.progress,
-                            threads=options.threads, seed=None if values["weights"] else options.seed)
-            engine_description = live.pop("engine")
-            timing = {k: live.pop(k) for k in ("stages_ms", "node_end_to_end_ms", "frame_latency_ms",
-                                                "frame_latency_kind", "throughput_fps", "input_fps")}
-            if live["node_process"]["exit_code"] != 0:
-                notes.append(f"seg_node exited with code {live['node_process']['exit_code']} "
-                             f"(log: {live['node_process']['log']})")
-            if live["transport_lost"] or live["output_lost"]:
-                notes.append(
-                    f"{live['transport_lost']} frames never reached the node's callback and {live['output_lost']} "
-                    f"labels never came back. Over shared memory with reliable QoS this means the node's input "
-                    f"queue ({live['dds']['node_input_qos']}) overflowed while its executor was starved of CPU "
-                    f"(with best_effort input: DDS loss). Profile: {live['dds']['fastdds_profile']}")
-            if not live["reconciliation"]["all_accounted"]:
-                notes.append(f"frame accounting does not reconcile: {live['reconciliation']}")
-        video = ledger.close()
-        notes += bag.pairing.notes
-        frames = _frames_section(ledger, bag, live)
-    timing["speed"] = options.speed
-    if frames["not_evaluated"]["total"]:
-        notes.append(f"{frames['not_evaluated']['total']} frames came back but could not be evaluated: "
-                     f"{frames['not_evaluated']['by_reason']}")
-    if frames["gt_without_image"]:
-        notes.append(f"{frames['gt_without_image']} ground-truth messages have no image with the same stamp")
-    if not frames["evaluated"]:
-        notes.append("no frame was evaluated: the accuracy numbers are undefined")
-    report = {
-        "schema_version": 1,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "mode": options.mode,
-        "bag": {**bag.info.as_dict(), "input": _first_input(options)},
-        "untrained": not values["weights"],
-        "config": {k: v for k, v in values.items() if k not in LABEL_PARAMS},
-        "engine": engine_description,
-        "versions": R.versions(),
-        "machine": machine_info(resolve_device(values["device"])),
-        "frames": frames,
-        "metrics": summarize(ledger.confusion.matrix),
-        "timing": timing,
-        "live": live,
-        "notes": notes,
-        "files": {"overlays": ledger.overlay_files, "video": video,
-                  "predictions": "predictions" if options.save_predictions else None,
-                  "plots": dict(R.PLOTS)},
-        "per_frame": records_as_dicts(ledger.records),
-    }
-    paths = R.write_report(report, out)
-    return R.json_safe(report), paths
+    outcome = _run(options, values, tasks, outputs, on_progress)
+    merged = _drive_outcomes(drives, tasks, unplanned, outcome)
+    execution = {**outcome.execution, "tasks": len(tasks), "chunk_frames": options.chunk_frames,
+                 "cameras_requested": options.cameras}
+    camera_files = [c["files"] for d in merged if d["status"] == "ok" for c in d["cameras"].values()]
+    report = build_report(mode=options.mode, values=values, drives=merged, engine=outcome.engine,
+                          execution=execution, live=outcome.live, notes=[*options.notes, *outcome.notes],
+                          machine=machine_info(resolve_device(values["device"])),
+                          outputs=camera_files[0] if outputs and camera_files else None)
+    paths = write_report(report, merged, out)
+    return json_safe(report), paths
 
+
+def _run(options: EvalOptions, values: dict[str, Any], tasks: list[Task], outputs: Outputs | None,
+         on_progress: Callable[[Progress], None] | None) -> RunOutcome:
+    if options.mode == "live":
+        from .live.run import LiveOptions, run_live
+
+        return run_live(tasks[0], values, LiveOptions(
+            workdir=Path(options.out), speed=options.speed, domain_id=options.domain_id, seed=options.seed,
+            threads=options.threads, progress=options.progress, input_qos=options.input_qos, outputs=outputs))
+    if options.ray is None:
+        return run_local(tasks, values, options.seed, options.progress, outputs)
+    from tqdm import tqdm
+
+    from .drives.ray_runner import run_on_ray
+
+    bar = tqdm(total=sum(t.frames for t in tasks), desc="eval offline (Ray)", unit="frame",
+               disable=not options.progress)
+
+    def progress(p: Progress) -> None:
+        bar.n = p.done_frames
+        bar.set_postfix(workers_busy=len(p.in_flight), refresh=False)
+        bar.refresh()
+        if on_progress is not None:
+            on_progress(p)
+
+    try:
+        return run_on_ray(tasks, values, options.ray, progress)
+    finally:
+        bar.close()
+
+
+def _drive_outcomes(drives: list[Drive], tasks: list[Task], unplanned: dict[int, Exception],
+                    outcome: RunOutcome) -> list[dict[str, Any]]:
+    """Every drive ends ok (all its tasks came back) or failed with the first reason."""
+    out = []
+    for index, drive in enumerate(drives):
+        if index in unplanned:
+            exc = unplanned[index]
+            out.append(failed_drive(drive, clip(f"{type(exc).__name__}: {exc}"), 0))
+            continue
+        mine = [t for t in tasks if t.drive == index]
+        failed = [t for t in mine if t.task_id in outcome.failures]
+        attempts = max((outcome.attempts.get(t.task_id, 0) for t in mine), default=0)
+        retries = [r for t in mine for r in outcome.retries.get(t.task_id, [])]
+        if failed:
+            reason, tries = outcome.failures[failed[0].task_id]
+            out.append(failed_drive(drive, reason, tries, retries))
+            continue
+        merged = merge_drive(drive, [outcome.results[t.task_id] for t in mine])
+        merged["attempts"] = attempts
+        merged["retries"] = retries
+        out.append(merged)
+    return out

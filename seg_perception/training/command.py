@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli import parse_size
+from ..cli_args import parse_size
 
 
 def cmd_train(args: argparse.Namespace) -> int:

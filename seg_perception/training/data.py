@@ -3,7 +3,8 @@ deterministic augmented crops.
 
 Both inputs end as Cityscapes pairs on disk: a Cityscapes folder is read in place (with the
 evaluation package's reader), a drive bag is unpacked once into ``OUT/data_cache`` with the
-evaluation package's bag reader. Worker processes then only open small PNG files, and every input
+evaluation package's bag reader, its images raw or compressed, converted or decoded by the node's
+own :func:`~seg_perception.compressed.message_to_rgb`. Worker processes then only open small PNG files, and every input
 is checked once before training starts (ground truth present, same size as its image, every id in
 the label mapping), so bad data is an error naming the file, not a crash an hour in.
 
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from ..cityscapes import IGNORE_INDEX
 from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation.cityscapes_folder import CityscapesPair, find_pairs, read_pair, write_pair
+from ..image_conversion import ImageRejected
 from .labels import LabelMapping
 
 SCALE_RANGE = (0.5, 2.0)
@@ -73,8 +75,8 @@ def collect_samples(sources: Sequence[str | Path], split: str, cache: Path, imag
 def _unpack_bag(bag_path: Path, cache: Path, image_topic: str, gt_topic: str,
                 progress: bool) -> list[CityscapesPair]:
     """Write a drive bag's frames as Cityscapes pairs under ``cache`` (reused when complete)."""
+    from ..compressed import message_to_rgb
     from ..evaluation.bag_io import DriveBag
-    from ..image_conversion import image_msg_to_rgb
 
     key = hashlib.sha1(f"{bag_path.resolve()}|{image_topic}|{gt_topic}".encode()).hexdigest()[:12]
     root = cache / f"{bag_path.name}_{key}"
@@ -92,7 +94,12 @@ def _unpack_bag(bag_path: Path, cache: Path, image_topic: str, gt_topic: str,
                 raise TrainingDataError(
                     f"bag {bag_path}: frame {frame.index} (stamp {frame.stamp_ns} ns) has no usable ground "
                     f"truth on {gt_topic} ({frame.gt_problem})")
-            rgb = image_msg_to_rgb(frame.image)
+            try:
+                rgb = message_to_rgb(frame.image)
+            except ImageRejected as exc:
+                raise TrainingDataError(
+                    f"bag {bag_path}: frame {frame.index} (stamp {frame.stamp_ns} ns) on {bag.image_topic} cannot be "
+                    f"used ({exc.reason}): {exc}") from None
             write_pair(root, "train", "bag", f"bag_{frame.index:06d}_000000", rgb, frame.gt)
     done.write_text(str(bag_path) + "\n")
     return find_pairs(root, "train")

@@ -72,11 +72,6 @@ class LabelMapping:
             "source": self.source,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabelMapping:
-        return cls({int(k): int(v) for k, v in data["id_to_index"].items()}, tuple(data["class_names"]),
-                   tuple(tuple(int(x) for x in c) for c in data["palette"]), str(data.get("source", "")))
-
 
 def cityscapes_mapping() -> LabelMapping:
     """The standard Cityscapes label ids -> 19 train ids."""

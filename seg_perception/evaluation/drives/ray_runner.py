@@ -22,7 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fleet import DATA_ERRORS, RunOutcome, Task, build_engine, clip, run_task
+from ...text import bounded
+from .local import RunOutcome
+from .plan import DATA_ERRORS, Task, clip
+from .task import build_engine, run_task
 
 INSTALL_HINT = "--workers needs Ray: pip install 'seg_perception[cluster]' (or pip install 'ray[default]')"
 #: How often the driver refreshes the progress bar while it waits, seconds.
@@ -160,7 +163,7 @@ def _connect(ray: Any, options: RayOptions) -> tuple[bool, str]:
     address = _address(options)
     if address:
         ray.init(address=address, log_to_driver=False)
-        return True, f"joined cluster {clip(address, 100)}"
+        return True, f"joined cluster {bounded(address, 100)}"
     ray.init(num_cpus=options.workers * max(1, options.threads), include_dashboard=False,
              object_store_memory=options.object_store_bytes, log_to_driver=False)
     return True, "local instance on 127.0.0.1"
@@ -220,9 +223,9 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
         except ray.exceptions.GetTimeoutError:
             raise ValueError(f"workers were not started within {WORKER_START_TIMEOUT_S:.0f} s: the cluster cannot "
                              f"place {options.threads} CPU(s) + {options.gpus_per_worker:g} GPU(s) per worker "
-                             f"(resources: {clip(str(resources), 300)})") from None
+                             f"(resources: {clip(resources)})") from None
         except ray.exceptions.RayError as exc:
-            raise ValueError(f"a worker could not build its engine: {clip(str(exc), 500)}") from None
+            raise ValueError(f"a worker could not build its engine: {bounded(exc, 500)}") from None
     engine = slots[0].info["engine"] if slots else None
 
     queue = deque(tasks)

@@ -1,26 +1,26 @@
-"""Replay a drive bag through the segmentation engine (offline) or ``seg_node`` over DDS (live).
+"""Replay drive bags through ``seg_node`` over DDS, on the recorded schedule, and account for
+every frame.
 
-* ``offline`` reads frames and calls the engine directly, one after the other, as fast as it can:
-  accuracy and per-stage engine latency without ROS.
-* ``live`` measures the node as it runs on a car: ``seg_node`` runs as a process of its own
-  (:mod:`.node_process`, with the run's parameters), and this process publishes the bag's images to
-  it at the recorded rate times ``speed``, subscribes to its labels and matches them to ground
-  truth by header stamp. Images are published with fresh stamps (now), so "header stamp -> labels
-  received" is the end-to-end latency the car would see; a stamp -> frame map finds the ground
-  truth. Before the replay the first frame is sent a few times (warm-up, not counted). The node's
-  frame books and stage timings are read from its ``/diagnostics``, counted from the end of the
-  warm-up, and reconciled with what came back: a frame that does not come back was dropped by the
-  node (``superseded`` when the CPU cannot follow the replay rate, ``stale``, ...), rejected, lost
-  on the way to the node (``transport_lost``: published minus the node's ``received``) or on the
-  way back (``output_lost``). Images travel over Fast DDS shared memory (the package's large-image
-  profile) with RELIABLE QoS from a reliable publisher, so transport loss is not expected; the
-  evaluator asks for a reliable node subscription unless told otherwise (``--input-qos``).
+``seg_node`` runs as a process of its own (:mod:`.node_process`, with the run's parameters), and
+this process (:mod:`.probe`) publishes the bag's images to it at the recorded rate times
+``speed``, subscribes to its labels and matches them to ground truth by header stamp. Images are
+published with fresh stamps (now), so "header stamp -> labels received" is the end-to-end latency
+the car would see; a stamp -> frame map finds the ground truth. Before the replay the first frame
+is sent a few times (warm-up, not counted). The node's frame books and stage timings are read from
+its ``/diagnostics``, counted from the end of the warm-up, and reconciled with what came back: a
+frame that does not come back was dropped by the node (``superseded`` when the CPU cannot follow
+the replay rate, ``stale``, ...), rejected, lost on the way to the node (``transport_lost``:
+published minus the node's ``received``) or on the way back (``output_lost``). Images travel over
+Fast DDS shared memory (the package's large-image profile) with RELIABLE QoS from a reliable
+publisher, so transport loss is not expected; the evaluator asks for a reliable node subscription
+unless told otherwise (``--input-qos``).
 
-Several cameras (:func:`run_live_cameras`): one node with ``cameras: [...]`` and each camera's
-``<camera>.image_topic`` set to its bag topic; frames of all cameras are published in stamp order
-and each camera is reconciled with its own status on ``/diagnostics``. A compressed bag is
-published as recorded (``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``) to a node
-started with ``image_transport: compressed``.
+One camera runs the node in its single-camera mode; several cameras (:func:`run_live_cameras`)
+run ONE node with ``cameras: [...]`` and each camera's ``<camera>.image_topic`` set to its bag
+topic; frames of all cameras are published in stamp order and each camera is reconciled with its
+own status on ``/diagnostics``. A compressed bag is published as recorded
+(``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``) to a node started with
+``image_transport: compressed``, so the node decodes it as it would on the car.
 
 DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (unless set), on one domain
 id shared by the node process and this one.
@@ -28,34 +28,27 @@ id shared by the node process and this one.
 
 from __future__ import annotations
 
-import functools
 import heapq
-import logging
-import math
 import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import params as P
-from ..cityscapes import train_ids_to_label_ids
-from ..engine import STAGES, SegmentationEngine
-from ..image_conversion import ImageRejected, check_image
-from ..stats import percentiles
-from . import report as R
-from .bag_images import frame_rgb
-from .bag_io import BagFrame, DriveBag
-from .metrics import NUM_CLASSES, ConfusionMatrix
-from .node_process import NodeProcess, NodeStartError, books_delta, parse_diagnostics, use_large_image_transport
+from ... import params as P
+from ...compressed import check_compressed, is_compressed
+from ...engine import STAGES
+from ...image_conversion import ImageRejected, check_image
+from ...stats import percentiles
+from ..bag_io import BagFrame, DriveBag
+from ..ledger import Ledger
+from .node_process import NodeProcess, NodeStartError, books_delta, use_large_image_transport
+from .probe import NODE_STATUS_NAME, REPLAY_QOS_DEPTH, Probe, stamp_message
 
-LOG = logging.getLogger(__name__)
-
-MODES = ("live", "offline")
 #: Bounded waits of a live run (seconds). Starting the node includes importing torch and building
 #: the model, which takes tens of seconds on a loaded small CPU.
 NODE_START_TIMEOUT_S = 180.0
@@ -70,155 +63,8 @@ DIAGNOSTICS_PERIOD_S = 0.25
 #: wait in the reader queue and reach the latest-frame slot (counted ``superseded``) instead of
 #: being overwritten in a keep-last-5 queue before the node sees them.
 LIVE_INPUT_DEPTH = 20
-#: History of the replay publisher and the labels subscription (frames of slack, about 3 s at 17 Hz).
-REPLAY_QOS_DEPTH = 50
 LABELS_TOPIC = "segmentation/labels"
-#: The name of the node's entry in /diagnostics.
-NODE_STATUS_NAME = "seg_perception: /seg_node"
 
-
-@dataclass
-class FrameRecord:
-    """What happened to one frame of the bag."""
-
-    index: int
-    stamp_ns: int
-    #: evaluated | not_evaluated (labels came back, ground truth unusable) | dropped | rejected
-    status: str
-    reason: str | None = None
-    #: live: header stamp -> labels received; offline: wall time of one engine call.
-    latency_ms: float | None = None
-    #: Seconds from the start of the replay when the frame was sent (live) or started (offline).
-    sent_s: float | None = None
-    pixel_accuracy: float | None = None
-
-
-class Ledger:
-    """Collects per-frame outcomes, the confusion matrix and the report's images as frames end."""
-
-    def __init__(self, out: Path, total_frames: int, overlays: int = 4, save_predictions: bool = False,
-                 video: bool = False, rate_hz: float = 17.0) -> None:
-        self.out = out
-        self.records: list[FrameRecord] = []
-        self.confusion = ConfusionMatrix()
-        self.overlay_files: list[str] = []
-        self.prediction_files: list[str] = []
-        count = max(0, min(overlays, total_frames))
-        targets = np.linspace(0, total_frames - 1, count) if count else []
-        self._overlay_targets = sorted({int(round(v)) for v in targets})
-        self._save_predictions = save_predictions
-        self._video_path = out / "overlay.mp4" if video else None
-        self._video: Any = None
-        self._rate = rate_hz
-
-    def counts(self) -> dict[str, int]:
-        out = {"evaluated": 0, "not_evaluated": 0, "dropped": 0, "rejected": 0}
-        for record in self.records:
-            out[record.status] += 1
-        return out
-
-    def result(self, frame: BagFrame, labels: np.ndarray, latency_ms: float, sent_s: float) -> FrameRecord:
-        """Labels came back for ``frame``: evaluate them if its ground truth is usable."""
-        record = FrameRecord(frame.index, frame.stamp_ns, "evaluated", latency_ms=latency_ms, sent_s=sent_s)
-        if frame.gt is None:
-            record.status, record.reason = "not_evaluated", frame.gt_problem
-        elif labels.shape != frame.gt.shape:
-            record.status, record.reason = "not_evaluated", "prediction_size_mismatch"
-        else:
-            matrix = self.confusion.update_label_ids(labels, frame.gt)
-            if matrix.sum():
-                record.pixel_accuracy = float(np.trace(matrix) / matrix.sum())
-                self._outputs(frame, labels)
-            else:  # every pixel is an ignored label: nothing was evaluated on this frame
-                record.status, record.reason = "not_evaluated", "gt_no_valid_pixel"
-        self.records.append(record)
-        return record
-
-    def missing(self, frame: BagFrame, status: str, reason: str | None, sent_s: float | None) -> FrameRecord:
-        record = FrameRecord(frame.index, frame.stamp_ns, status, reason, sent_s=sent_s)
-        self.records.append(record)
-        return record
-
-    def _outputs(self, frame: BagFrame, labels: np.ndarray) -> None:
-        """Prediction PNG, overlay image and video frame of an evaluated frame, as requested."""
-        if self._save_predictions:
-            path = self.out / "predictions" / f"{frame.index:06d}_pred_labelIds.png"
-            R.write_png(path, train_ids_to_label_ids(labels))
-            self.prediction_files.append(str(path.relative_to(self.out)))
-        wants_overlay = bool(self._overlay_targets) and frame.index >= self._overlay_targets[0]
-        if not (wants_overlay or self._video_path):
-            return
-        panel = R.overlay_panel(frame_rgb(frame.image), labels, frame.gt, frame.index)
-        if wants_overlay:
-            while self._overlay_targets and self._overlay_targets[0] <= frame.index:
-                self._overlay_targets.pop(0)
-            path = self.out / "overlays" / f"frame_{frame.index:06d}.png"
-            R.write_png(path, panel)
-            self.overlay_files.append(str(path.relative_to(self.out)))
-        if self._video_path:
-            if self._video is None:
-                self._video = R.VideoWriter(self._video_path, self._rate, panel.shape)
-            self._video.write(panel)
-
-    def close(self) -> str | None:
-        if self._video is None:
-            return None
-        self._video.close()
-        return str(self._video_path.relative_to(self.out))
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled)
-
-
-# -- offline ----------------------------------------------------------------------------------
-
-def run_offline(bag: DriveBag, engine: SegmentationEngine, ledger: Ledger, max_pixels: int,
-                progress: bool = True) -> dict[str, Any]:
-    """Every frame through the engine in order; timing is the engine's own per-stage timing."""
-    stages: dict[str, list[float]] = {s: [] for s in STAGES}
-    walls: list[float] = []
-    bar = _progress(bag.info.image_count, "eval offline", progress)
-    start = time.perf_counter()
-    for frame in bag.frames():
-        sent = time.perf_counter() - start
-        try:
-            rgb = frame_rgb(frame.image, max_pixels)
-        except ImageRejected as exc:
-            ledger.missing(frame, "rejected", exc.reason, sent)
-        else:
-            if not rgb.flags.writeable:  # a view of the bag's buffer; torch wants writable memory
-                rgb = rgb.copy()
-            t0 = time.perf_counter()
-            try:
-                result = engine.infer(rgb)
-            except Exception as exc:  # the node drops such a frame; so do we
-                LOG.error("inference failed on frame %d: %s: %s", frame.index, type(exc).__name__, exc)
-                ledger.missing(frame, "dropped", "inference_error", sent)
-            else:
-                wall = (time.perf_counter() - t0) * 1e3
-                walls.append(wall)
-                for stage, ms in result.timings_ms.items():
-                    stages[stage].append(ms)
-                ledger.result(frame, result.labels, wall, sent)
-        bar.update(1)
-        bar.set_postfix(ledger.counts(), refresh=False)
-    elapsed = time.perf_counter() - start
-    bar.close()
-    processed = len(walls)
-    return {
-        "stages_ms": {s: percentiles(v) for s, v in stages.items()},
-        "engine_total_ms": percentiles([sum(t) for t in zip(*stages.values(), strict=True)]) if processed else None,
-        "frame_latency_ms": percentiles(walls),
-        "frame_latency_kind": "wall time of one engine call (offline)",
-        "throughput_fps": processed / elapsed if elapsed > 0 else 0.0,
-        "elapsed_s": elapsed,
-    }
-
-
-# -- live -------------------------------------------------------------------------------------
 
 def pick_domain_id(explicit: int | None = None) -> int:
     """The domain of a live run: explicit, else ``ROS_DOMAIN_ID``, else one derived from the pid."""
@@ -226,6 +72,12 @@ def pick_domain_id(explicit: int | None = None) -> int:
         return explicit
     env = os.environ.get("ROS_DOMAIN_ID", "").strip()
     return int(env) if env.isdigit() else 1 + os.getpid() % 100
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled)
 
 
 @dataclass
@@ -259,80 +111,15 @@ class LiveCamera:
         return NODE_STATUS_NAME if self.name is None else f"{NODE_STATUS_NAME} camera {self.name}"
 
 
-class _Probe:
-    """The evaluator's end of DDS: publishes each camera's images, collects its labels and the
-    node's ``/diagnostics``. Its callbacks run on an executor thread of this process; the node runs
-    in its own process, so nothing here competes with the node for a GIL."""
-
-    def __init__(self, context: Any, cameras: list[LiveCamera], params: dict[str, Any]) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-        from rclpy.node import Node
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CompressedImage, Image
-
-        self.results: queue.Queue = queue.Queue()  # (camera index, received ns, stamp ns, labels)
-        self.collector_lost = 0
-        self.publishers: list[Any] = []
-        self.image_types: list[type] = []
-        self._matched: list[threading.Event] = []
-        self._diagnostics: tuple[int, dict[str, dict[str, Any]]] = (0, {})
-        self._diagnostics_cond = threading.Condition()
-        self.node = Node("seg_eval_replay", context=context)
-        qos = QoSProfile(depth=REPLAY_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
-                         history=HistoryPolicy.KEEP_LAST)
-        for index, camera in enumerate(cameras):
-            image_topic, labels_topic = camera.topics(params)
-            image_type = CompressedImage if camera.compressed else Image
-            published, collected = threading.Event(), threading.Event()
-            self._matched += [published, collected]
-            self.image_types.append(image_type)
-            self.publishers.append(self.node.create_publisher(
-                image_type, image_topic, qos,
-                event_callbacks=PublisherEventCallbacks(
-                    matched=lambda info, e=published: info.current_count > 0 and e.set())))
-            self.node.create_subscription(
-                Image, labels_topic, functools.partial(self._on_labels, index), qos,
-                event_callbacks=SubscriptionEventCallbacks(
-                    matched=lambda info, e=collected: info.current_count > 0 and e.set(),
-                    message_lost=self._on_lost))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-
-    def matched(self) -> bool:
-        return all(e.is_set() for e in self._matched)
-
-    def now_ns(self) -> int:
-        return self.node.get_clock().now().nanoseconds
-
-    def _on_labels(self, camera: int, msg: Any) -> None:
-        received_ns = self.now_ns()
-        labels = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width]
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        self.results.put((camera, received_ns, stamp_ns, labels))
-
-    def _on_lost(self, info: Any) -> None:
-        self.collector_lost += info.total_count_change
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        statuses = {s.name: parse_diagnostics({kv.key: kv.value for kv in s.values})
-                    for s in msg.status if s.name.startswith(NODE_STATUS_NAME)}
-        if statuses:
-            with self._diagnostics_cond:
-                self._diagnostics = (self._diagnostics[0] + 1, statuses)
-                self._diagnostics_cond.notify_all()
-
-    def diagnostics(self, after: int = 0, timeout: float = 0.0) -> tuple[int, dict[str, dict[str, Any]] | None]:
-        """The node's newest statuses (name -> parsed) later than sequence number ``after``
-        (waiting up to ``timeout``), as (sequence number, statuses); (after, None) when none came."""
-        with self._diagnostics_cond:
-            self._diagnostics_cond.wait_for(lambda: self._diagnostics[0] > after, timeout)
-            if self._diagnostics[0] > after:
-                return self._diagnostics
-            return after, None
-
-
-def _stamp(msg: Any, stamp_ns: int) -> None:
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+def admission_check(image: Any, max_pixels: int) -> None:
+    """The checks the node runs on a message when it arrives, before the worker converts it
+    (:func:`~seg_perception.image_conversion.check_image`,
+    :func:`~seg_perception.compressed.check_compressed`); raises their :class:`ImageRejected`."""
+    if is_compressed(image):
+        check_compressed(image.format, image.data, max_pixels)
+    else:
+        check_image(image.encoding, image.height, image.width, image.step, image.data, image.is_bigendian,
+                    max_pixels)
 
 
 def _settled(books: dict[str, Any], received: int) -> bool:
@@ -351,7 +138,7 @@ def _engine_status(statuses: dict[str, dict[str, Any]] | None, multi: bool) -> d
     return (statuses or {}).get(f"{NODE_STATUS_NAME} engine" if multi else NODE_STATUS_NAME)
 
 
-def _wait_for_node(node: NodeProcess, probe: _Probe, timeout: float) -> float:
+def _wait_for_node(node: NodeProcess, probe: Probe, timeout: float) -> float:
     """Seconds until the node process is up, matched on every topic and publishing diagnostics."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -367,7 +154,7 @@ def _wait_for_node(node: NodeProcess, probe: _Probe, timeout: float) -> float:
         f"({node.log_path}) ends with:\n{node.log_tail()}")
 
 
-def _warm_up(firsts: list[BagFrame], cameras: list[LiveCamera], probe: _Probe,
+def _warm_up(firsts: list[BagFrame], cameras: list[LiveCamera], probe: Probe,
              count: int) -> tuple[int, list[dict[str, Any]]]:
     """Send each camera's first frame ``count`` times, one at a time, so the node has met the
     bag's frame sizes (lazy initialisation, allocator growth) before the measured replay, as it
@@ -378,7 +165,7 @@ def _warm_up(firsts: list[BagFrame], cameras: list[LiveCamera], probe: _Probe,
         for index, first in enumerate(firsts):
             msg = _image_message(first, probe.image_types[index])
             stamp = probe.now_ns()
-            _stamp(msg, stamp)
+            stamp_message(msg, stamp)
             probe.publishers[index].publish(msg)
             deadline = time.monotonic() + WARMUP_TIMEOUT_S
             while time.monotonic() < deadline:  # its labels, or the node's word that it is done with it
@@ -429,24 +216,15 @@ def live_node_params(cameras: list[LiveCamera], node_params: dict[str, Any]) -> 
     return params
 
 
-def run_live(bag: DriveBag, node_params: dict[str, Any], ledger: Ledger, speed: float = 1.0,
-             domain_id: int | None = None, progress: bool = True, threads: int | None = None,
-             seed: int | None = None, warmup_frames: int = WARMUP_FRAMES,
-             start_timeout: float = NODE_START_TIMEOUT_S) -> dict[str, Any]:
-    """Replay one camera's bag through a ``seg_node`` process; see :func:`run_live_cameras`."""
-    (stats,) = run_live_cameras([LiveCamera(None, bag, ledger)], node_params, speed, domain_id, progress,
-                                threads, seed, warmup_frames, start_timeout)
-    return stats
-
-
-def run_live_cameras(cameras: list[LiveCamera], node_params: dict[str, Any], speed: float = 1.0,
+def run_live_cameras(cameras: list[LiveCamera], node_params: dict[str, Any], workdir: Path, speed: float = 1.0,
                      domain_id: int | None = None, progress: bool = True, threads: int | None = None,
                      seed: int | None = None, warmup_frames: int = WARMUP_FRAMES,
                      start_timeout: float = NODE_START_TIMEOUT_S) -> list[dict[str, Any]]:
     """Replay the cameras' bags through one ``seg_node`` process over DDS, all on the recorded
     schedule (merged by stamp); see the module docstring. Returns each camera's statistics.
 
-    ``node_params`` are the node's parameters (written to ``<first ledger's out>/node_params.yaml``);
+    ``node_params`` are the node's parameters (written to ``<workdir>/node_params.yaml``, where
+    the node also runs and logs to ``node.log``);
     ``threads`` sets the node's torch threads (``OMP_NUM_THREADS``); ``seed`` seeds torch in the
     node before it builds its model (for untrained models, so they match an offline run). Several
     cameras need a node with the ``cameras`` parameter; each camera's ``name`` is its name there.
@@ -466,12 +244,12 @@ def run_live_cameras(cameras: list[LiveCamera], node_params: dict[str, Any], spe
             raise ValueError(f"bag {camera.bag.path} has no readable frames on {camera.bag.info.image_topic}")
     params = live_node_params(cameras, node_params)
     domain = pick_domain_id(domain_id)
-    node = NodeProcess(params, cameras[0].ledger.out, domain, threads, seed)
+    node = NodeProcess(params, workdir, domain, threads, seed)
     context = Context()
     context.init(args=[], domain_id=domain)
     probe = executor = spin_thread = None
     try:
-        probe = _Probe(context, cameras, params)
+        probe = Probe(context, cameras, params)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(probe.node)
         spin_thread = threading.Thread(target=executor.spin, name="seg_eval_executor", daemon=True)
@@ -503,15 +281,11 @@ def run_live_cameras(cameras: list[LiveCamera], node_params: dict[str, Any], spe
     return stats
 
 
-def _is_compressed(image: Any) -> bool:
-    return hasattr(image, "format") and not hasattr(image, "encoding")
-
-
 def _image_message(frame: BagFrame, image_cls: type) -> Any:
     """An rclpy Image (or CompressedImage) with the bag message's data and fields, as recorded
     (stamp set at publish time)."""
     src = frame.image
-    if _is_compressed(src):
+    if is_compressed(src):
         msg = image_cls(format=str(src.format))
         msg.header.frame_id = frame.frame_id
         msg.data = np.asarray(src.data, dtype=np.uint8).tobytes()
@@ -544,7 +318,7 @@ class _Replay:
     """Publish every camera's frames on the recorded schedule, match outputs as they come, then
     wait for stragglers and reconcile each camera with its books in the node's diagnostics."""
 
-    def __init__(self, cameras: list[LiveCamera], probe: _Probe, params: dict[str, Any], progress: bool) -> None:
+    def __init__(self, cameras: list[LiveCamera], probe: Probe, params: dict[str, Any], progress: bool) -> None:
         self.runs = [_CameraRun(camera) for camera in cameras]
         self.probe = probe
         self.max_pixels = int(params.get("max_pixels", P.defaults()["max_pixels"]))
@@ -585,14 +359,13 @@ class _Replay:
         self.bar.set_postfix(counts, refresh=False)
 
     def _give_up(self, run: _CameraRun, entry: _Pending) -> None:
-        image = entry.frame.image
-        if not _is_compressed(image):  # a compressed frame's fate is known only to the node's decoder
-            try:
-                check_image(image.encoding, image.height, image.width, image.step, image.data, image.is_bigendian,
-                            self.max_pixels)
-            except ImageRejected as exc:
-                run.camera.ledger.missing(entry.frame, "rejected", exc.reason, entry.sent_s)
-                return
+        """A frame that never came back: rejected if the node's own admission checks refuse it
+        (the same functions, so the same reason), else dropped; the node's books say why."""
+        try:
+            admission_check(entry.frame.image, self.max_pixels)
+        except ImageRejected as exc:
+            run.camera.ledger.missing(entry.frame, "rejected", exc.reason, entry.sent_s)
+            return
         run.camera.ledger.missing(entry.frame, "dropped", None, entry.sent_s)
 
     def run(self, firsts: list[BagFrame], streams: list[Any], speed: float, seq: int,
@@ -618,7 +391,7 @@ class _Replay:
                 self.drain(timeout=min(wait, 0.05))
             stamp = max(self.probe.now_ns(), last_stamp + 1)  # unique stamps, so matching is unambiguous
             last_stamp = stamp
-            _stamp(msg, stamp)
+            stamp_message(msg, stamp)
             run.pending[stamp] = _Pending(frame, time.monotonic() - self.start)
             self.probe.publishers[index].publish(msg)
             run.published += 1
@@ -719,11 +492,3 @@ def _node_window(summary: dict[str, float] | None, count: int) -> dict[str, floa
     return None if not summary or not count else {**summary, "count": count}
 
 
-def check_model_classes(num_classes: int) -> None:
-    if num_classes != NUM_CLASSES:
-        raise ValueError(f"Cityscapes evaluation needs a 19-class model (train ids); num_classes is {num_classes}")
-
-
-def records_as_dicts(records: list[FrameRecord]) -> list[dict[str, Any]]:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
-            for r in sorted(records, key=lambda r: r.index)]

@@ -2,7 +2,8 @@
 
 The live evaluation measures the node as it runs on a car, so the node must not share a Python
 interpreter (and its GIL) with the replay publisher and the collector: it runs as
-``python -m seg_perception.node --ros-args --params-file <generated file>``. Its frame accounting
+``python -m seg_perception.process --ros-args --params-file <generated file>``, the entry point of
+the ``seg_node`` console script (signal handlers installed before torch is imported). Its frame accounting
 and stage timings are read from what it publishes on ``/diagnostics`` (:func:`parse_diagnostics`),
 and it is stopped with SIGINT, the way ``ros2 launch`` stops it, with its exit code reported.
 
@@ -25,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from ..engine import STAGES
-from ..text import bounded
+from ...engine import STAGES
+from ...text import bounded
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[2]
 #: Seconds the node gets to stop after SIGINT before it is killed (its own budget is 2 s).
 STOP_TIMEOUT_S = 15.0
 PROFILE_NAME = "fastdds_large_images.xml"
@@ -75,13 +76,14 @@ def write_params_file(path: Path, values: Mapping[str, Any]) -> Path:
 
 
 def node_command(params_file: Path, seed: int | None = None) -> list[str]:
-    """The command line of the node process. With a ``seed`` (untrained models) torch is seeded
-    before the node builds its model, so its random weights equal those of an offline run."""
+    """The command line of the node process: ``seg_node``'s own entry point,
+    :func:`seg_perception.process.main`. With a ``seed`` (untrained models) torch is seeded before
+    the node builds its model, so its random weights equal those of an offline run."""
     ros_args = ["--ros-args", "--params-file", str(params_file)]
     if seed is None:
-        return [sys.executable, "-m", "seg_perception.node", *ros_args]
-    launcher = (f"import sys, torch; torch.manual_seed({int(seed)}); "
-                "from seg_perception.node import main; sys.exit(main())")
+        return [sys.executable, "-m", "seg_perception.process", *ros_args]
+    launcher = (f"import torch; torch.manual_seed({int(seed)}); "
+                "from seg_perception.process import main; main()")
     return [sys.executable, "-c", launcher, *ros_args]
 
 

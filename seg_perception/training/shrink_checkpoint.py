@@ -1,8 +1,9 @@
 """Shrink a training checkpoint for shipping: fp16 weights plus its plain-data ``meta``.
 
-``python -m seg_perception.training.export best.pth seg_perception/weights/NAME.pt``. Floating
+``python -m seg_perception.training.shrink_checkpoint best.pth seg_perception/weights/NAME.pt``. Floating
 tensors are stored in half precision (the loader copies them into the fp32 model), which halves the
-file without measurable change in the labels; BatchNorm counters stay integers.
+file without measurable change in the labels; BatchNorm counters stay integers. (Exporting a network
+to ONNX or TensorRT is :mod:`seg_perception.backends.export`.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from ..models.checkpoint import extract_state_dict, read_checkpoint
 
 
-def export_fp16(src: str | Path, dst: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+def shrink_checkpoint(src: str | Path, dst: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
     """Write ``{'state_dict': fp16 weights, 'meta': meta}`` of checkpoint ``src`` to ``dst``."""
     obj = read_checkpoint(src)
     state = extract_state_dict(obj, str(src))
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="checkpoint written by seg-perception train (best.pth)")
     parser.add_argument("dst", help="output .pt file")
     args = parser.parse_args(argv)
-    dst = export_fp16(args.src, args.dst)
+    dst = shrink_checkpoint(args.src, args.dst)
     print(f"wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -1,0 +1,56 @@
+"""Run the tasks in this process, with one engine, one after the other.
+
+:class:`RunOutcome` is what every runner hands back (this one, :mod:`.ray_runner`, and the live
+replay through the node), so the report is built the same way whoever ran the frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ledger import Outputs
+from .plan import Task, clip
+from .task import build_engine, run_task
+
+
+@dataclass
+class RunOutcome:
+    """What a runner hands back: results per task, failures per task, and how it ran."""
+
+    results: dict[int, dict[str, Any]]
+    failures: dict[int, tuple[str, int]]
+    retries: dict[int, list[str]]
+    attempts: dict[int, int]
+    execution: dict[str, Any]
+    engine: dict[str, Any] | None
+    #: A live run: the node process, DDS and warm-up (None offline).
+    live: dict[str, Any] | None = None
+    #: What the runner noticed that the report must say (e.g. frames lost in transport).
+    notes: list[str] = field(default_factory=list)
+
+
+def run_local(tasks: list[Task], values: dict[str, Any], seed: int = 0, progress: bool = True,
+              outputs: Outputs | None = None) -> RunOutcome:
+    """Every task in this process with one engine; a task that fails is reported, the others go on."""
+    from tqdm import tqdm
+
+    engine = build_engine(values, seed)
+    bar = tqdm(total=sum(t.frames for t in tasks), desc="eval offline", unit="frame", disable=not progress)
+    results, failures = {}, {}
+    start = time.perf_counter()
+    for task in tasks:
+        try:
+            results[task.task_id] = run_task(engine, task, values["max_pixels"], lambda: bar.update(1), outputs)
+        except Exception as exc:  # a broken drive is reported, the others go on
+            failures[task.task_id] = (clip(f"{type(exc).__name__}: {exc}"), 1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    frames = sum(r["frames"] for r in results.values())
+    busy = sum(r["busy_s"] for r in results.values())
+    worker = {"worker": 0, "pid": None, "node": "driver", "tasks": len(results), "frames": frames, "busy_s": busy,
+              "fps": frames / busy if busy > 0 else 0.0}
+    execution = {"runner": "local", "workers": 1, "elapsed_s": elapsed,
+                 "throughput_fps": frames / elapsed if elapsed > 0 else 0.0, "per_worker": [worker]}
+    return RunOutcome(results, failures, {}, {t.task_id: 1 for t in tasks}, execution, engine.description)
