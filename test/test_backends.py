@@ -74,6 +74,7 @@ def test_every_model_exports_and_onnxruntime_agrees_with_torch(tmp_path: Path, m
     assert metadata["model"] == model_name and metadata["variant"] == engine.model.variant
     assert metadata["input_size"] == "dynamic" and metadata["num_classes"] == "19"
     assert metadata["classes"].startswith('["road"')
+    assert json.loads(metadata["mean"]) == [0.485, 0.456, 0.406] and metadata["channel_order"] == "rgb"
 
 
 def test_golden_regseg_logits_match_within_tolerance(tmp_path: Path) -> None:

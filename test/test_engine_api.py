@@ -51,8 +51,7 @@ def test_the_engine_and_every_stand_in_implement_the_whole_protocol(factory) -> 
 def test_an_engine_missing_any_member_is_refused_by_the_scheduler(member: str) -> None:
     members = {n: v for klass in reversed(FakeEngine.__mro__) for n, v in vars(klass).items()}
     incomplete = type("Incomplete", (), {n: v for n, v in members.items() if n != member and n != "__dict__"})
-    engine = incomplete()
-    engine.__dict__.update(vars(FakeEngine()))  # instance attributes, so only ``member`` is missing
+    engine = incomplete()  # FakeEngine's __init__ sets its instance attributes: only ``member`` is missing
     scheduler = Scheduler(["a"], convert=lambda frame: frame.payload, publish=lambda frame, result: None)
     with pytest.raises(EngineInterfaceError, match=rf"lacks {member}\b"):
         scheduler.install(engine)
@@ -194,3 +193,15 @@ def test_the_getattr_scan_finds_such_a_use(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("def f(engine, x):\n    a = getattr(x, 'y', 1)\n    return getattr(engine, 'warmup', None)\n")
     assert _getattr_on_engine_or_result(source) == [3]
+
+
+def test_normalisation_round_trips_through_export_metadata() -> None:
+    from seg_perception.normalization import IMAGENET, Normalization, NormalizationError
+
+    bgr = Normalization(mean=(0.4, 0.5, 0.6), std=(0.1, 0.2, 0.3), channel_order="bgr")
+    assert Normalization.from_metadata(bgr.to_metadata()) == bgr
+    assert Normalization.from_metadata({"model": "x"}) is None
+    with pytest.raises(NormalizationError, match="std must be > 0"):
+        Normalization.from_metadata({**IMAGENET.to_metadata(), "std": "[0.2, 0, 0.2]"})
+    with pytest.raises(NormalizationError, match="unreadable"):
+        Normalization.from_metadata({**IMAGENET.to_metadata(), "mean": "not json"})
