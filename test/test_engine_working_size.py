@@ -202,4 +202,5 @@ def test_a_4096x4096_frame_is_bounded_in_memory_and_its_memory_is_returned(tmp_p
     assert seen["peak"] - seen["before"] < 19 * 4096 * 4096 * 4 / 2**20
     took = seen["peak"] - seen["before"]
     assert seen["after"] < 1.5 * seen["before"]
-    assert seen["after"] - seen["before"] < 0.25 * took  # most of what it took is back (kept: 85 %)
+    # What it took is back: measured -3 % kept; without the arena shrink 85 %, without malloc_trim 12 %.
+    assert seen["after"] - seen["before"] < 0.1 * took
