@@ -194,13 +194,14 @@ def test_a_4096x4096_frame_is_bounded_in_memory_and_its_memory_is_returned(tmp_p
     env = {"SEG_PERCEPTION_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", _CHILD, str(DEFAULT_MAX_INFERENCE_PIXELS)], capture_output=True,
-                         text=True, check=True, cwd=ROOT, env=env, timeout=600)
+                         text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["shape"] == [4096, 4096]
     # Unbounded, the frame took 3.7 GB more (bench/oversize_frame.py): less than one copy of its
     # logits at the frame size (19 x 16.7 M floats) is allowed.
-    assert seen["peak"] - seen["before"] < 19 * 4096 * 4096 * 4 / 2**20
+    assert seen["peak"] - seen["before"] < 19 * 4096 * 4096 * 4 / 2**20, seen
     took = seen["peak"] - seen["before"]
-    assert seen["after"] < 1.5 * seen["before"]
+    assert seen["after"] < 1.5 * seen["before"], seen
     # What it took is back: measured -3 % kept; without the arena shrink 85 %, without malloc_trim 12 %.
-    assert seen["after"] - seen["before"] < 0.1 * took
+    assert seen["after"] - seen["before"] < 0.1 * took, seen
