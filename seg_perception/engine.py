@@ -443,14 +443,18 @@ class SegmentationEngine:
 
     def _release_memory(self) -> None:
         """After an oversize frame: give back what the backend and the allocators keep sized for
-        it, so one huge frame does not raise the process's memory for good."""
-        if self.backend != "torch":
-            self._forward.release_memory()
-        if self._cuda:
-            with CAPTURE_LOCK:
-                torch.cuda.empty_cache()
-        else:
-            _trim_heap()
+        it, so one huge frame does not raise the process's memory for good. Never fails the
+        frames it follows: they are already served."""
+        try:
+            if self.backend != "torch":
+                self._forward.release_memory()
+            if self._cuda:
+                with CAPTURE_LOCK:
+                    torch.cuda.empty_cache()
+            else:
+                _trim_heap()
+        except Exception as exc:  # memory stays held until the next oversize frame; nothing else changes
+            LOG.warning("could not give back the memory of an oversize frame: %s", str(exc)[:200])
 
     def warmup(self, height: int, width: int, iterations: int = 2, batch_size: int = 1) -> None:
         """Prepare batches of ``batch_size`` frames of ``height`` x ``width`` now (compile or

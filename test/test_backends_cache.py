@@ -237,3 +237,37 @@ def test_cache_dir_is_refused_at_run_time_with_the_reason(tmp_path: Path) -> Non
         result = harness.node.set_parameters([Parameter("cache_dir", value=str(target))])[0]
     assert not result.successful and "cache_dir takes effect only on restart" in result.reason
     assert not target.exists()
+
+
+def test_tensorrt_engine_folders_are_recorded_found_again_and_never_written_for_random_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT cache logic, run here on the CPU: ONNX Runtime without the TensorRT provider
+    falls back to the CPU provider, so only the provider check is lifted."""
+    from dataclasses import replace
+
+    from seg_perception.backends import tensorrt_backend as trt
+    from seg_perception.backends.export import ExportSpec
+    from seg_perception.models import load_checkpoint
+
+    monkeypatch.setattr(trt, "_require_tensorrt_provider", lambda network: None)
+    weights = _random_weights(tmp_path / "w.pt", seed=3)
+    model = build_model("regseg").eval()
+    load_checkpoint(model, weights)
+    spec = ExportSpec("regseg", model.variant, 19, {}, weights, (64, 96))
+    cache, cpu = ArtifactCache(tmp_path / "cache"), torch.device("cpu")
+    trt.build_tensorrt_network(model, spec, cpu, cache, False, (64, 96))
+    trt.build_tensorrt_network(model, spec, cpu, cache, False, None)
+    folders = sorted(p for p in (tmp_path / "cache" / "tensorrt").iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(cache.sidecar(folder).exists() for folder in folders)
+    built: list[object] = []
+    monkeypatch.setattr(trt, "_build_engine", lambda *args: built.append(args))
+    again = ArtifactCache(tmp_path / "cache")
+    trt.build_tensorrt_network(model, spec, cpu, again, False, (64, 96))
+    trt.build_tensorrt_network(model, spec, cpu, again, False, None)
+    assert built == [] and again.evictions == []  # both engine folders found again, none rebuilt
+    random_cache = tmp_path / "random"
+    network = trt.build_tensorrt_network(model, replace(spec, weights="", size=(32, 160)), cpu,
+                                         ArtifactCache(random_cache), False, (32, 160))
+    assert "in memory only" in network.origin and network.release_size == (32, 160)
+    assert not [p for p in random_cache.rglob("*") if p.is_file()]
+    assert trt.tensorrt_provider(None, True, None)[0][1]["trt_engine_cache_enable"] is False

@@ -54,6 +54,9 @@ class OnnxRuntimeNetwork:
         #: True when the ONNX file came from the cache; ``origin`` says so in words (set by the builder).
         self.cache_hit = False
         self.origin = ""
+        #: (H, W) of the small run that shrinks the arenas: the size the session accepts (a
+        #: TensorRT profile fixes it; the builder sets it then).
+        self.release_size: tuple[int, int] = self.fixed_size or PROBE_SIZE
         arenas = "cpu:0" if device.type == "cpu" else f"cpu:0;gpu:{device.index or 0}"
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
@@ -98,8 +101,11 @@ class OnnxRuntimeNetwork:
         with ``memory.enable_memory_arena_shrinkage`` returns the free blocks when it ends, so one
         tiny run after an oversize frame gives that memory back.
         """
-        h, w = self.fixed_size or PROBE_SIZE
-        self.session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)}, self._shrink)
+        h, w = self.release_size
+        try:
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)}, self._shrink)
+        except ort_errors() as exc:  # memory stays held; the frames were served all the same
+            LOG.warning("could not shrink ONNX Runtime's memory arenas: %s", str(exc)[:200])
 
 
 def cuda_providers(device: torch.device, tensorrt: list[Any] | None) -> list[Any]:

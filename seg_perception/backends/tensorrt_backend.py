@@ -88,7 +88,7 @@ def build_tensorrt_network(
         providers = tensorrt_provider(None, fp16, size)
         network = build_onnxruntime_network(model, spec, device, cache, tensorrt=providers, probe_size=size,
                                             probe_on_cpu=size is None)
-        return _checked(network, fp16)
+        return _checked(network, fp16, size)
     key = tensorrt_key(onnx, device, fp16, size)
     engine_dir = cache.lookup(key, "")
     if engine_dir is None:
@@ -109,16 +109,23 @@ def build_tensorrt_network(
         engine_dir = cache.store(key, "", lambda tmp: _build_engine(onnx.source, tmp, device, fp16, size, spec))
         providers = tensorrt_provider(engine_dir, fp16, size)
         network = build_onnxruntime_network(model, spec, device, cache, tensorrt=providers, probe_size=size)
-    return _checked(network, fp16)
+    return _checked(network, fp16, size)
 
 
-def _checked(network: OnnxRuntimeNetwork, fp16: bool) -> OnnxRuntimeNetwork:
+def _checked(network: OnnxRuntimeNetwork, fp16: bool, size: tuple[int, int] | None) -> OnnxRuntimeNetwork:
+    """Name the network; its arena-shrinking run uses the profile's one shape (when fixed)."""
+    _require_tensorrt_provider(network)
+    network.name = f"tensorrt via onnxruntime ({'fp16' if fp16 else 'fp32'})"
+    if size is not None:  # the engine's optimisation profile accepts only this shape
+        network.release_size = size
+    return network
+
+
+def _require_tensorrt_provider(network: OnnxRuntimeNetwork) -> None:
     """Refuse a session on which ONNX Runtime quietly dropped the TensorRT provider."""
     if "TensorrtExecutionProvider" not in network.providers:
         raise BackendError("ONNX Runtime did not enable the TensorRT provider (check the TensorRT libraries "
                            "are on the library path); refusing to fall back silently")
-    network.name = f"tensorrt via onnxruntime ({'fp16' if fp16 else 'fp32'})"
-    return network
 
 
 def _build_engine(onnx: Path | bytes, engine_dir: Path, device: torch.device, fp16: bool,
