@@ -166,27 +166,26 @@ def test_onnxruntime_shrinks_its_arena_after_an_oversize_frame_only(monkeypatch:
 
 #: Run in a fresh process: steady frames, one 4096x4096 frame, then resident memory.
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from seg_perception.engine import EngineConfig, SegmentationEngine
 
-def rss():
+def status(field):  # this process's own figures (ru_maxrss would count the parent's before exec)
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 
 engine = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", max_inference_pixels=int(sys.argv[1])))
 steady = np.random.default_rng(0).integers(0, 256, (128, 256, 3), dtype=np.uint8)
 for _ in range(3):
     engine.infer(steady)
-before = rss()
+before = status("VmRSS")
 huge = np.zeros((4096, 4096, 3), np.uint8)
 huge[::7] = 200
 shape = engine.infer(huge).labels.shape
 del huge
 time.sleep(1.0)
-print(json.dumps({"before": before, "after": rss(), "shape": shape,
-                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"before": before, "after": status("VmRSS"), "shape": shape, "peak": status("VmHWM")}))
 """
 
 
