@@ -43,12 +43,15 @@ compiles or captures it, and the next batch of that shape uses the result.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import math
 import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,29 +59,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import backend_problem, build_network, resolve_backend
+from .backends import build_network, resolve_backend
+from .choices import COMPILE_MODES, DEVICES, PRECISIONS
 from .cityscapes import CLASS_NAMES, PALETTE
-from .models import build_model, count_parameters, load_checkpoint
+from .engine_api import (
+    QUEUE,
+    STAGES,
+    BatchShape,
+    EngineConfig,
+    EngineConfigError,
+    FrameError,
+    OutputRequest,
+    SegmentationResult,
+)
+from .models import build_model, count_parameters, load_checkpoint, normalization_for
 from .models.checkpoint import checkpoint_labels
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from .preparation import CAPTURE_LOCK, SERVING, PreparedCache, Preparer, yielding_to_serving
 
+#: The interface types live in :mod:`seg_perception.engine_api` (no torch); importing them from
+#: here keeps working.
+__all__ = [
+    "COMPILE_MODES", "DEVICES", "IMAGENET_MEAN", "IMAGENET_STD", "PRECISIONS", "QUEUE", "STAGES", "EngineConfig",
+    "EngineConfigError", "FrameError", "OutputRequest", "PendingResult", "SegmentationEngine", "SegmentationResult",
+    "as_frame_tensor", "recover_from_failure", "resolve_device", "resolve_precision", "working_size",
+]
+
 LOG = logging.getLogger(__name__)
-
-#: ImageNet statistics (RGB), which every supported model was trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Work stages in pipeline order. Each figure is the stage's own time, waiting excluded:
-#: upload = host -> device copy of the frames (0 for frames already on the device);
-#: preprocess = to float, normalise, resize, batch; inference = the model's forward pass;
-#: postprocess = upsampling, argmax, CRF, colour/overlay/confidence; download = device -> host.
-#: Waiting for the compute stream (the previous batch still running) is ``SegmentationResult.queue_ms``.
-STAGES = ("upload", "preprocess", "inference", "postprocess", "download")
-QUEUE = "queue"
-DEVICES = ("auto", "cuda", "cpu")
-#: ``auto`` runs fp16 on CUDA and fp32 on the CPU, so the default works on every device.
-PRECISIONS = ("auto", "fp16", "fp32")
-COMPILE_MODES = ("none", "torch_compile", "cuda_graph")
 #: Captured CUDA graph sets kept (one per batch shape and output flags), least recent evicted.
 MAX_CAPTURED_PIPELINES = 8
 #: Input shapes kept marked as compiled (torch.compile's own cache is bounded by dynamo's
@@ -88,103 +95,25 @@ MAX_COMPILED_SHAPES = 8
 MAX_RECENT_BATCHES = 8
 
 
-class EngineConfigError(ValueError):
-    """An engine setting that cannot work; raised at configuration time, never per frame."""
+#: The default request: labels only.
+_NO_EXTRAS = OutputRequest()
+#: Rows per band when an oversize frame's overlay is blended (bounded float temporaries).
+BLEND_BAND_ROWS = 256
 
 
-class FrameError(ValueError):
-    """A frame that is not a uint8 HxWx3 RGB image."""
-
-
-@dataclass
-class EngineConfig:
-    """Everything needed to build an engine. ``validate`` names the first bad field."""
-
-    model: str = "regseg"
-    variant: str | None = None
-    weights: str = ""
-    num_classes: int = 19
-    model_options: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    precision: str = "auto"
-    #: (height, width) the model runs at; ``None`` runs at each frame's own size.
-    inference_size: tuple[int, int] | None = None
-    crf: str = "none"
-    crf_options: dict[str, Any] = field(default_factory=dict)
-    #: none | torch_compile (TorchInductor, once per input shape) | cuda_graph (CUDA only).
-    compile: str = "none"
-    #: True: a new shape is compiled/captured in a background thread while it is served eagerly.
-    #: False: on the serving thread, before that batch runs (benchmarks of the old behaviour).
-    background_prepare: bool = True
-    #: auto | torch | onnxruntime | tensorrt: what runs the network (seg_perception.backends).
-    backend: str = "auto"
-    #: Exported-model / TensorRT engine cache folder; "" = $XDG_CACHE_HOME/seg_perception.
-    cache_dir: str = ""
-
-    def validate(self) -> None:
-        if self.device not in DEVICES:
-            raise EngineConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise EngineConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.device == "cpu" and self.precision == "fp16":
-            raise EngineConfigError("precision fp16 needs device cuda (or auto); use fp32 on the CPU")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise EngineConfigError("device cuda requested but torch sees no CUDA device")
-        if self.inference_size is not None:
-            h, w = self.inference_size
-            if h <= 0 or w <= 0:
-                raise EngineConfigError(f"inference_size must be positive (H, W), got {self.inference_size}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise EngineConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
-        if self.compile not in COMPILE_MODES:
-            raise EngineConfigError(
-                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"
-            )
-        if self.compile == "cuda_graph" and (self.device == "cpu" or not torch.cuda.is_available()):
-            raise EngineConfigError("compile cuda_graph needs a CUDA device; use none or torch_compile on the CPU")
-        if (problem := backend_problem(self.backend, self.device, self.compile)) is not None:
-            raise EngineConfigError(problem)
-
-
-@dataclass
-class SegmentationResult:
-    """Host results of one frame; optional outputs are ``None`` unless requested.
-
-    ``timings_ms`` holds the :data:`STAGES` of the group the frame ran in (a batch is one
-    forward pass, so its frames share the figures); ``queue_ms`` is the time that group waited
-    for the compute stream before its own work started; ``batch_size`` is how many frames ran
-    together in that group.
-    """
-
-    labels: np.ndarray
-    color: np.ndarray | None = None
-    overlay: np.ndarray | None = None
-    confidence: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    queue_ms: float = 0.0
-    batch_size: int = 1
-
-    @property
-    def total_ms(self) -> float:
-        """Device time from the start of the upload to the end of the download, waiting included."""
-        return sum(self.timings_ms.values()) + self.queue_ms
-
-
-@dataclass(frozen=True)
-class OutputRequest:
-    """Which optional outputs to compute for a frame (each costs GPU time and a download)."""
-
-    color: bool = False
-    overlay: bool = False
-    confidence: bool = False
-    overlay_alpha: float = 0.5
-
-    @property
-    def flags(self) -> tuple[bool, bool, bool]:
-        """What changes the computation (and a captured graph); the alpha is only data."""
-        return (self.color, self.overlay, self.confidence)
+def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """A frame's size when it has at most ``max_pixels`` pixels, else the largest size with the
+    same aspect ratio (each side at least 1) that has at most ``max_pixels``."""
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    h, w = max(1, int(height * scale)), max(1, int(width * scale))
+    while h * w > max_pixels:  # float rounding; only an extreme aspect ratio gets here
+        if h >= w:
+            h -= 1
+        else:
+            w -= 1
+    return h, w
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -368,8 +297,12 @@ class SegmentationEngine:
             self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
         self.crf = self._build_crf(config)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+        #: How frames are normalised for the network: given in the configuration, else the model
+        #: registry entry's (the data its weights were trained with).
+        self.normalization: Normalization = config.normalization or normalization_for(config.model, config.variant)
+        self._bgr = self.normalization.channel_order == "bgr"
+        self._mean = torch.tensor(self.normalization.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(self.normalization.std, device=self.device).view(1, 3, 1, 1) * 255.0
         labels = checkpoint_labels(self.model)
         #: Class names and colours of the label ids: those recorded in the checkpoint (a model
         #: trained on a custom class set), else Cityscapes'. The node publishes them.
@@ -415,7 +348,9 @@ class SegmentationEngine:
 
     @property
     def description(self) -> dict[str, Any]:
-        """What is running, for diagnostics and reports."""
+        """What is running, for diagnostics and reports; with an exported network, where its
+        artifact came from (a verified cache hit, exported now, or rebuilt and why)."""
+        artifact = {} if self.backend == "torch" else {"artifact": self._forward.origin}
         return {
             "model": getattr(self.model, "model_name", type(self.model).__name__),
             "variant": getattr(self.model, "variant", ""),
@@ -427,6 +362,7 @@ class SegmentationEngine:
             "crf": self.config.crf,
             "compile": self.config.compile,
             "backend": self.backend if self.backend == "torch" else self._forward.name,
+            **artifact,
         }
 
     @property
@@ -439,9 +375,13 @@ class SegmentationEngine:
         """GPU memory held by tensors (None on the CPU)."""
         return torch.cuda.memory_allocated(self.device) / 2**20 if self._cuda else None
 
+    def recover_from_failure(self, exc: BaseException) -> str:
+        """The books' reason for a failed frame (see :func:`recover_from_failure`)."""
+        return recover_from_failure(exc)
+
     # -- public API ------------------------------------------------------------------------------
     def infer(
-        self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()
+        self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = _NO_EXTRAS
     ) -> SegmentationResult:
         """Segment one frame and wait for the result."""
         return self.submit(frame, outputs).result()
@@ -452,7 +392,7 @@ class SegmentationEngine:
         """Segment frames together and wait for every result (in the order given)."""
         return [p.result() for p in self.submit_batch(frames, outputs)]
 
-    def submit(self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = OutputRequest()) -> PendingResult:
+    def submit(self, frame: np.ndarray | torch.Tensor, outputs: OutputRequest = _NO_EXTRAS) -> PendingResult:
         """Queue one uint8 HxWx3 RGB frame; returns before the GPU finishes (CUDA)."""
         return self.submit_batch([frame], [outputs])[0]
 
@@ -475,6 +415,7 @@ class SegmentationEngine:
             if not 0.0 <= request.overlay_alpha <= 1.0:
                 raise ValueError(f"overlay_alpha must be in [0, 1], got {request.overlay_alpha}")
         results: list[PendingResult | None] = [None] * len(tensors)
+        oversize = False
         with SERVING.serving():
             for group in self._groups(tensors, outputs):
                 self._remember(group)
@@ -483,7 +424,37 @@ class SegmentationEngine:
                 run = self._run_cuda if self._cuda else self._run_cpu
                 for i, pending in zip(group.indices, run(group, members, requests), strict=True):
                     results[i] = pending
+                oversize |= any(self._oversize(h, w) for h, w in group.sizes)
+        if oversize:
+            self._release_memory()
         return results  # type: ignore[return-value]
+
+    def _oversize(self, height: int, width: int) -> bool:
+        """More pixels than ``max_inference_pixels``: the frame's work runs at its working size."""
+        return height * width > self.config.max_inference_pixels
+
+    def _network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) the network runs a frame of this size at: ``inference_size``, else the frame's
+        own size capped at ``max_inference_pixels`` (:func:`working_size`)."""
+        if self.config.inference_size is not None:
+            h, w = self.config.inference_size
+            return int(h), int(w)
+        return working_size(height, width, self.config.max_inference_pixels)
+
+    def _release_memory(self) -> None:
+        """After an oversize frame: give back what the backend and the allocators keep sized for
+        it, so one huge frame does not raise the process's memory for good. Never fails the
+        frames it follows: they are already served."""
+        try:
+            if self.backend != "torch":
+                self._forward.release_memory()
+            if self._cuda:
+                with CAPTURE_LOCK:
+                    torch.cuda.empty_cache()
+            else:
+                _trim_heap()
+        except Exception as exc:  # memory stays held until the next oversize frame; nothing else changes
+            LOG.warning("could not give back the memory of an oversize frame: %s", str(exc)[:200])
 
     def warmup(self, height: int, width: int, iterations: int = 2, batch_size: int = 1) -> None:
         """Prepare batches of ``batch_size`` frames of ``height`` x ``width`` now (compile or
@@ -505,7 +476,7 @@ class SegmentationEngine:
             for group in self._groups(frames, outputs):
                 self._prepare_group(group, schedule=None)
 
-    def recent_batches(self) -> list[tuple[tuple[tuple[int, int], ...], tuple[OutputRequest, ...]]]:
+    def recent_batches(self) -> list[BatchShape]:
         """The (sizes, outputs) of the latest distinct batches served (at most
         :data:`MAX_RECENT_BATCHES`): a reload passes each to the new engine's :meth:`prepare`."""
         return [(sizes, outputs) for sizes, outputs in self._recent]
@@ -520,10 +491,12 @@ class SegmentationEngine:
 
     # -- grouping and preparation ------------------------------------------------------------------
     def _groups(self, tensors: Sequence[torch.Tensor], outputs: Sequence[OutputRequest]) -> list[_Group]:
-        """One group for everything with an inference size; per frame size without."""
+        """One group for everything with an inference size; per network size (the frame size,
+        capped at ``max_inference_pixels``) without."""
         by_key: dict[Hashable, list[int]] = {}
         for i, tensor in enumerate(tensors):
-            key = None if self.config.inference_size is not None else tuple(tensor.shape[:2])
+            key = None if self.config.inference_size is not None else \
+                self._network_size(int(tensor.shape[0]), int(tensor.shape[1]))
             by_key.setdefault(key, []).append(i)
         return [
             _Group(
@@ -542,8 +515,8 @@ class SegmentationEngine:
             self._recent.popitem(last=False)
 
     def _input_shape(self, group: _Group) -> tuple[int, int, int, int]:
-        h, w = self.config.inference_size or group.sizes[0]
-        return (len(group.sizes), 3, int(h), int(w))
+        h, w = self._network_size(*group.sizes[0])
+        return (len(group.sizes), 3, h, w)
 
     def _schedule(self) -> Callable[[Callable[[], None]], None] | None:
         return self._preparer.schedule if self.config.background_prepare else None
@@ -557,12 +530,12 @@ class SegmentationEngine:
             return self._compiled_shapes.lookup(self._input_shape(group), schedule)
         return None
 
-    def _compiled_model(self, config: EngineConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _compiled_model(self, config: EngineConfig) -> Any:
         """The model as the submit path calls it: eager, compiled once by TorchInductor, or the
         network exported to another backend (seg_perception.backends)."""
         if self.backend != "torch":
             self.backend, network = build_network(self.backend, config.backend, self.model, config,
-                                                  self.device, self.precision)
+                                                  self.device, self.precision, self.normalization)
             return network
         if config.compile != "torch_compile":
             return self.model
@@ -751,26 +724,47 @@ class SegmentationEngine:
         return x.contiguous(memory_format=torch.channels_last if self._cuda else torch.contiguous_format)
 
     def _preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
-        """uint8 HxWx3 -> normalised 1x3xhxw in the model's dtype at the inference size."""
-        x = rgb.permute(2, 0, 1).unsqueeze(0).float()
+        """uint8 HxWx3 -> normalised 1x3xhxw in the model's dtype at the network size.
+
+        An oversize frame is resized first, in uint8 on the CPU, so no float copy of it at its
+        full size ever exists; the others are normalised, then resized (when an inference size
+        is set), exactly as before the working size existed.
+        """
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        size = self._network_size(height, width)
+        x = rgb.permute(2, 0, 1).unsqueeze(0)
+        if self._oversize(height, width) and not self._cuda:
+            x = _resize_uint8(x, size).float()
+        else:
+            x = x.float()
+        if self._bgr:
+            x = x.flip(1)
         x = (x - self._mean) / self._std
-        size = self.config.inference_size
-        if size is not None and tuple(size) != tuple(x.shape[-2:]):
+        if size != tuple(x.shape[-2:]):
             downscale = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=downscale)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=downscale)
         return x.to(self.dtype)
 
     def _postprocess(
         self, logits: torch.Tensor, rgb: torch.Tensor, flags: tuple[bool, bool, bool], alpha: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """One frame's logits at inference size -> uint8 labels (and extras) at the frame size."""
+        """One frame's logits at the network size -> uint8 labels (and extras) at the frame size.
+
+        The logits are upsampled to the frame size and the labels taken there. For an oversize
+        frame that would hold (classes x frame pixels) floats, so its labels (and confidence, and
+        the CRF) are computed at its working size and resized (nearest) to the frame size: the
+        memory of a frame is bounded by ``max_inference_pixels``, not by what a message declares.
+        """
         want_color, want_overlay, want_confidence = flags
-        height, width = rgb.shape[:2]
-        if tuple(logits.shape[-2:]) != (height, width):
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        oversize = self._oversize(height, width)
+        post = working_size(height, width, self.config.max_inference_pixels)
+        if tuple(logits.shape[-2:]) != post:
+            logits = F.interpolate(logits, size=post, mode="bilinear", align_corners=False)
         out: dict[str, torch.Tensor] = {}
         if self.crf is not None:
-            probs = self.crf(logits, rgb)  # refined marginals, already normalised
+            crf_rgb = _resize_uint8(rgb.permute(2, 0, 1).unsqueeze(0), post)[0].permute(1, 2, 0) if oversize else rgb
+            probs = self.crf(logits, crf_rgb.contiguous())  # refined marginals, already normalised
         elif want_confidence:
             probs = torch.softmax(logits.float(), dim=1)
         else:
@@ -782,16 +776,15 @@ class SegmentationEngine:
         else:
             confidence, labels = probs.max(dim=1)
             if want_confidence:
-                out["confidence"] = (confidence[0] * 255.0).round().to(torch.uint8)
-        labels = labels[0].to(torch.uint8)
+                out["confidence"] = _nearest(((confidence[0] * 255.0).round().to(torch.uint8)), height, width)
+        labels = _nearest(labels[0].to(torch.uint8), height, width)
         out["labels"] = labels
         if want_color or want_overlay:
             color = self._palette[labels.long()]
             if want_color:
                 out["color"] = color
             if want_overlay:
-                blended = rgb.float() * (1.0 - alpha) + color.float() * alpha
-                out["overlay"] = blended.round().clamp_(0, 255).to(torch.uint8)
+                out["overlay"] = _blend(rgb, color, alpha, BLEND_BAND_ROWS if oversize else height)
         return out
 
 
@@ -844,6 +837,53 @@ class _CapturedPipeline:
         self.outputs: list[dict[str, torch.Tensor]] = []
         if engine.crf is None:
             self.postprocess, self.outputs = _capture_graph(lambda: postprocess(self.logits), pool)
+
+
+def _resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A uint8 1x3xHxW image resized (antialiased bilinear, as the float path) to uint8: in
+    uint8 on the CPU (no float copy at the input size); through float on CUDA."""
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round().clamp_(0, 255).to(torch.uint8)
+
+
+def _nearest(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """An HxW map resized to (height, width) by nearest neighbour; unchanged when it has that size."""
+    if tuple(image.shape) == (height, width):
+        return image
+    rows = torch.arange(height, device=image.device) * image.shape[0] // height
+    cols = torch.arange(width, device=image.device) * image.shape[1] // width
+    return image.index_select(0, rows).index_select(1, cols)
+
+
+def _blend(rgb: torch.Tensor, color: torch.Tensor, alpha: torch.Tensor, band_rows: int) -> torch.Tensor:
+    """``rgb * (1 - alpha) + color * alpha`` in uint8, computed in bands of rows so the float
+    temporaries stay bounded for an oversize frame (the same values either way)."""
+    out = torch.empty_like(color)
+    for top in range(0, rgb.shape[0], max(1, band_rows)):
+        rows = slice(top, top + band_rows)
+        blended = rgb[rows].float() * (1.0 - alpha) + color[rows].float() * alpha
+        out[rows] = blended.round().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free memory back to the operating system (glibc ``malloc_trim``).
+
+    Large blocks are returned when freed, but the many medium ones a huge frame allocates stay in
+    the heap's arenas and keep the resident size up; elsewhere (no glibc) this does nothing.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        _MALLOC_TRIM = libc.malloc_trim if libc is not None and hasattr(libc, "malloc_trim") else False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _class_names_for(num_classes: int) -> tuple[str, ...]:

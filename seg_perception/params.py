@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from .backends import BACKENDS
+from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, PRECISIONS
 from .cityscapes import CLASS_NAMES, PALETTE
-from .engine import COMPILE_MODES, DEVICES, PRECISIONS, EngineConfig
+from .engine_api import DEFAULT_MAX_INFERENCE_PIXELS, MIN_INFERENCE_PIXELS, EngineConfig, EngineConfigError
 from .image_conversion import DEFAULT_MAX_PIXELS
 from .text import ECHO_LIMIT, bounded, bounded_repr, one_line
 from .topics import Resolver, camera_topics, topic_problems
@@ -237,8 +237,20 @@ PARAMS: tuple[ParamSpec, ...] = (
               "tensorrt (ONNX Runtime's TensorRT provider, CUDA). See docs/BACKENDS.md.",
               validate=_choice(*BACKENDS), reload=True),
     ParamSpec("cache_dir", "",
-              "Folder of exported ONNX models and TensorRT engines; empty = $XDG_CACHE_HOME/seg_perception.",
-              validate=_cache_dir, reload=True),
+              "Folder of exported ONNX models and TensorRT engines; empty = $XDG_CACHE_HOME/seg_perception. "
+              "Set by the operator at launch: a folder other participants could choose would let them pick "
+              "what the node loads and where it writes.",
+              validate=_cache_dir),
+    ParamSpec("cache_max_mb", DEFAULT_CACHE_MAX_MB,
+              "Size cap of the export cache folder in MB; the least recently used artifacts are evicted past "
+              "it. 0 = write nothing (exports are rebuilt in memory at each start).",
+              validate=_non_negative, range=(0, 1 << 20), reload=True),
+    ParamSpec("max_inference_pixels", DEFAULT_MAX_INFERENCE_PIXELS,
+              "With inference_size [0, 0]: a frame with more pixels than this runs through the network scaled "
+              "down to this many (aspect kept) and its labels come back at its own size, so no frame costs more "
+              "than this size does. Default 2097152 = 1024x2048.",
+              validate=_in_range(MIN_INFERENCE_PIXELS, 2**31 - 1), range=(MIN_INFERENCE_PIXELS, 2**31 - 1),
+              reload=True),
     ParamSpec("cameras", [],
               "Camera names, one node serving them all with one model (see 'Many cameras' in the README); "
               "each camera reads <camera>.image_topic and publishes <camera>/segmentation/*. "
@@ -483,7 +495,6 @@ def validate_params(values: Mapping[str, Any]) -> list[str]:
 def _engine_problems(values: Mapping[str, Any]) -> list[str]:
     """Model/variant/options against the registry, and device/precision/size combinations."""
     from .crf import CRFConfig, CRFConfigError
-    from .engine import EngineConfigError
     from .models.registry import ModelConfigError, model_option_defaults, resolve
 
     try:
@@ -559,6 +570,8 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         compile=values.get("compile", "none"),
         backend=values.get("backend", "auto"),
         cache_dir=values.get("cache_dir", ""),
+        cache_max_mb=int(values.get("cache_max_mb", DEFAULT_CACHE_MAX_MB)),
+        max_inference_pixels=int(values.get("max_inference_pixels", DEFAULT_MAX_INFERENCE_PIXELS)),
     )
 
 

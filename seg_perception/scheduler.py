@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .engine import OutputRequest, SegmentationResult, recover_from_failure
+from .engine_api import Engine, OutputRequest, PendingFrame, SegmentationResult, check_engine
 from .image_conversion import ImageRejected
 from .stamps import DEFAULT_LIMIT_S, Arrival, StampClock
 from .stats import FailureTracker, FrameAccounting, LatencyWindow, RateMeter
@@ -44,30 +44,6 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds the worker waits for a first frame before checking for shutdown again.
 IDLE_WAIT_S = 0.1
-
-
-class PendingFrame(Protocol):
-    """One submitted frame; ``result`` waits for it (and raises its failure)."""
-
-    def result(self) -> SegmentationResult: ...
-
-
-class Engine(Protocol):
-    """What the scheduler needs from an engine (``SegmentationEngine`` or a test fake)."""
-
-    @property
-    def asynchronous(self) -> bool:
-        """True when ``submit_batch`` returns before the work is done (CUDA streams)."""
-
-    @property
-    def description(self) -> dict[str, Any]:
-        """What is running (model, device, precision, ...), for diagnostics."""
-
-    def submit_batch(self, frames: Sequence[np.ndarray], outputs: Sequence[OutputRequest]) -> list[PendingFrame]:
-        """Queue uint8 HxWx3 RGB frames; one pending result per frame, in order."""
-
-    def memory_allocated_mb(self) -> float | None:
-        """GPU memory held by tensors, None on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +243,10 @@ class Scheduler:
         return self._engine
 
     def install(self, engine: Engine) -> None:
-        """Serve ``engine`` from the next batch on; clears load errors."""
+        """Serve ``engine`` from the next batch on; clears load errors. An object that lacks a
+        member of the :class:`~seg_perception.engine_api.Engine` protocol is refused
+        (:class:`~seg_perception.engine_api.EngineInterfaceError`)."""
+        check_engine(engine)
         with self._engine_lock:
             self._engine = engine
             self.startup_error = self.reload_error = None
@@ -298,7 +277,7 @@ class Scheduler:
     def _load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None,
               on_failed: Callable[[str], None] | None, completion_lock: AbstractContextManager[Any]) -> None:
         try:
-            engine: Engine | None = build()
+            engine: Engine | None = check_engine(build())
             self._prepare_like_serving(engine)
             reason = ""
         except Exception as exc:  # every load failure is reported, none kills us
@@ -313,25 +292,21 @@ class Scheduler:
                     return
                 retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
                 self.startup_error = self.reload_error = None
-            close = getattr(retired, "close", None)
-            if close is not None:
-                close()  # its background preparation thread; batches in flight still complete
+            if retired is not None:
+                retired.close()  # its background preparation thread; batches in flight still complete
             self.failures.success()
             if on_loaded is not None:
                 on_loaded()
         self.log(logging.INFO, f"now serving {label}: {engine.description}")
 
-    def _prepare_like_serving(self, engine: Engine | None) -> None:
+    def _prepare_like_serving(self, engine: Engine) -> None:
         """Have a freshly built engine compile/capture the batch shapes the serving engine has
-        seen recently, in the loader thread, so the swap does not make the next frames pay for it.
-        Engines without this optional API (fakes, older engines) are swapped in as they are."""
+        seen recently, in the loader thread, so the swap does not make the next frames pay for it."""
         serving = self._engine
-        recent = getattr(serving, "recent_batches", None)
-        prepare = getattr(engine, "prepare", None)
-        if recent is None or prepare is None:
+        if serving is None:
             return
-        for sizes, outputs in recent():
-            prepare(sizes, outputs)
+        for sizes, outputs in serving.recent_batches():
+            engine.prepare(sizes, outputs)
 
     def _load_failed(self, label: str, reason: str, on_failed: Callable[[str], None] | None) -> None:
         self.reload_error = bounded(f"{label}: {reason}")
@@ -541,13 +516,12 @@ class Scheduler:
         self.failures.success()
         stats = self.camera_stats[frame.camera]
         stats.output_rate.tick()
-        queue_ms = getattr(result, "queue_ms", 0.0)
-        for stage, ms in (("decode", decode_ms), ("queue", queue_ms), *result.timings_ms.items()):
+        for stage, ms in (("decode", decode_ms), ("queue", result.queue_ms), *result.timings_ms.items()):
             window = self.stage_latency.get(stage)
             if window is None:
                 window = self.stage_latency.setdefault(stage, LatencyWindow(self._window))
             window.add(ms)
-        self.batch_sizes.add(getattr(result, "batch_size", 1))
+        self.batch_sizes.add(result.batch_size)
         age = self.frame_age_ms(frame, self.clock_ns())
         self.end_to_end.add(age)
         stats.end_to_end.add(age)
@@ -556,7 +530,9 @@ class Scheduler:
         if self._stop.is_set():
             self.accounting.drop("shutdown", frame.camera)
             return
-        self.accounting.drop(recover_from_failure(exc), frame.camera)
+        engine = self._engine
+        self.accounting.drop(engine.recover_from_failure(exc) if engine is not None else "inference_error",
+                             frame.camera)
         self.failures.failure(f"{type(exc).__name__}: {exc}"[:500])
         self.log(logging.ERROR, f"inference failed, frame of camera {frame.camera!r} dropped: "
                                 f"{type(exc).__name__}: {str(exc)[:300]}")

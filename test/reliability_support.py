@@ -28,7 +28,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from seg_perception.cityscapes import CLASS_NAMES, PALETTE
-from seg_perception.engine import EngineConfig, OutputRequest, SegmentationResult
+from seg_perception.engine_api import BatchShape, EngineConfig, OutputRequest, SegmentationResult
 from seg_perception.node import SegmentationNode
 
 #: Node parameters for CPU tests: fp32 on the CPU, no frame-age limit (tests control stamps).
@@ -69,18 +69,26 @@ class _Pending:
 
 class FakeEngine:
     """Engine stand-in: labels = red channel + ``label_offset`` (mod 256), after ``delay_s`` of
-    (GIL-free) sleep. The offset tells which engine produced a label image."""
+    (GIL-free) sleep. The offset tells which engine produced a label image.
+
+    It implements every member of :class:`seg_perception.engine_api.Engine` (the scheduler refuses
+    an incomplete engine) and records the calls a test may check: ``warmed_up``, ``prepared``,
+    ``closed``."""
 
     asynchronous = False
     device = torch.device("cpu")
     #: Cityscapes' labels, as a real engine without a label-carrying checkpoint has.
-    class_names = CLASS_NAMES
+    class_names = tuple(CLASS_NAMES)
     palette = PALETTE
 
     def __init__(self, config: EngineConfig | None = None, delay_s: float = 0.0, label_offset: int = 0) -> None:
         self.config = config or EngineConfig(device="cpu", precision="fp32")
         self.delay_s, self.label_offset = delay_s, label_offset
         self.calls = 0
+        self.warmed_up: list[tuple[int, int]] = []
+        self.prepared: list[tuple[tuple[int, int], ...]] = []
+        self.closed = False
+        self._recent: list[BatchShape] = []
 
     @property
     def description(self) -> dict[str, Any]:
@@ -89,9 +97,6 @@ class FakeEngine:
 
     def memory_allocated_mb(self) -> None:
         return None
-
-    def warmup(self, height: int, width: int) -> None:
-        self.warmed_up = (height, width)
 
     def submit(self, frame: np.ndarray, outputs: OutputRequest | None = None) -> _Pending:
         started = time.perf_counter()
@@ -103,7 +108,24 @@ class FakeEngine:
         return _Pending(SegmentationResult(labels=labels, timings_ms={"inference": ms}))
 
     def submit_batch(self, frames: list[np.ndarray], outputs: list[OutputRequest]) -> list[_Pending]:
+        self._recent = [(tuple(f.shape[:2] for f in frames), tuple(outputs))][-1:]
         return [self.submit(frame, out) for frame, out in zip(frames, outputs, strict=True)]
+
+    def warmup(self, height: int, width: int) -> None:
+        self.warmed_up.append((height, width))
+
+    def prepare(self, sizes: list[tuple[int, int]], outputs: list[OutputRequest]) -> None:
+        assert len(sizes) == len(outputs)
+        self.prepared.append(tuple(sizes))
+
+    def recent_batches(self) -> list[BatchShape]:
+        return list(self._recent)
+
+    def recover_from_failure(self, exc: BaseException) -> str:
+        return "inference_error"
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @dataclass

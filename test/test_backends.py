@@ -70,10 +70,11 @@ def test_every_model_exports_and_onnxruntime_agrees_with_torch(tmp_path: Path, m
     x = torch.randn(2, 3, 24, 64)
     with torch.no_grad():
         assert _logits_close(engine._forward(x), engine.model(x))
-    metadata = read_metadata(engine._forward.path)
+    metadata = engine._forward.metadata  # random weights: the export lives in memory only
     assert metadata["model"] == model_name and metadata["variant"] == engine.model.variant
     assert metadata["input_size"] == "dynamic" and metadata["num_classes"] == "19"
     assert metadata["classes"].startswith('["road"')
+    assert json.loads(metadata["mean"]) == [0.485, 0.456, 0.406] and metadata["channel_order"] == "rgb"
 
 
 def test_golden_regseg_logits_match_within_tolerance(tmp_path: Path) -> None:
@@ -105,13 +106,19 @@ class _BakedSize(nn.Module):
 
 
 def test_a_model_that_bakes_its_shape_is_exported_at_the_fixed_size(tmp_path: Path) -> None:
-    spec = ExportSpec("baked", "v", 4, {}, "", (32, 48))
-    path, _ = cached_onnx(spec, _BakedSize().eval(), ArtifactCache(tmp_path))
+    def saved(model: nn.Module, name: str) -> ExportSpec:  # only weights from a file are cached
+        torch.save(model.state_dict(), tmp_path / name)
+        return ExportSpec("baked", "v", 4, {}, str(tmp_path / name), (32, 48))
+
+    cache = tmp_path / "cache"
+    first = _BakedSize().eval()
+    path, _ = cached_onnx(saved(first, "a.pt"), first, ArtifactCache(cache))
     assert read_metadata(path)["input_size"] == "32x48"
-    assert cached_onnx(spec, _BakedSize().eval(), ArtifactCache(tmp_path))[1] is False  # other random weights
+    other = _BakedSize().eval()
+    assert cached_onnx(saved(other, "b.pt"), other, ArtifactCache(cache))[1] is False  # other weights
     model = _BakedSize().eval()
-    cached_onnx(spec, model, ArtifactCache(tmp_path))
-    assert cached_onnx(spec, model, ArtifactCache(tmp_path))[1] is True  # the fixed export is found again
+    cached_onnx(saved(model, "m.pt"), model, ArtifactCache(cache))
+    assert cached_onnx(saved(model, "m.pt"), model, ArtifactCache(cache))[1] is True  # the fixed export is found again
 
 
 def test_cache_hit_miss_on_changed_weights_and_corrupt_file_rebuilt(

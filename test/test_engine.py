@@ -168,3 +168,28 @@ def test_auto_precision_is_fp16_on_cuda_and_fp32_on_cpu() -> None:
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert EngineConfig().precision == "auto"
     EngineConfig(device="cpu").validate()  # the default works on the CPU
+
+
+def test_normalisation_is_data_the_engine_receives(model) -> None:
+    """The registry entry's normalisation by default; another one (mean, std, BGR order) when
+    configured, applied exactly as the reference computation does (trained weights on a
+    street-like frame, so the labels depend on the input's colours)."""
+    from seg_perception.backends.parity import probe_frame
+    from seg_perception.models import load_checkpoint, normalization_for
+    from seg_perception.normalization import IMAGENET, Normalization
+
+    assert normalization_for("regseg") == IMAGENET and model.normalization == IMAGENET
+    trained = build_model("regseg").eval()
+    load_checkpoint(trained, "synthetic_street")
+    frame = probe_frame(96, 160)
+    custom = Normalization(mean=(0.3, 0.45, 0.5), std=(0.25, 0.2, 0.3), channel_order="bgr")
+    engine = SegmentationEngine(EngineConfig(device="cpu", precision="fp32", normalization=custom), model=trained)
+    assert engine.normalization == custom
+    x = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
+    x = (x - torch.tensor(custom.mean).view(1, 3, 1, 1)) / torch.tensor(custom.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = trained(x).argmax(1)[0].numpy()
+    assert len(np.unique(expected)) > 2  # the frame's colours decide the labels
+    assert (engine.infer(frame).labels == expected).mean() > 0.999
+    with pytest.raises(EngineConfigError, match="channel_order"):
+        EngineConfig(device="cpu", normalization=Normalization(channel_order="yuv")).validate()

@@ -7,12 +7,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from seg_perception.diagnostics import OK, WARN, Thresholds, camera_report
-from seg_perception.engine import OutputRequest, SegmentationResult
+from seg_perception.engine_api import BatchShape, OutputRequest, SegmentationResult
 from seg_perception.image_conversion import ImageRejected
 from seg_perception.scheduler import CameraPolicy, Frame, FrameSlots, Scheduler
 
@@ -35,6 +36,9 @@ class BatchEngine:
     ``gate`` (when set) holds each batch until released, to let frames pile up."""
 
     asynchronous = False
+    device = SimpleNamespace(type="cpu")
+    class_names = ("a", "b")
+    palette = np.zeros((2, 3), np.uint8)
 
     def __init__(self, offset: int = 0, poison: int | None = None, delay_s: float = 0.0) -> None:
         self.offset, self.poison, self.delay_s = offset, poison, delay_s
@@ -45,6 +49,21 @@ class BatchEngine:
 
     def memory_allocated_mb(self) -> None:
         return None
+
+    def warmup(self, height: int, width: int) -> None:
+        pass
+
+    def prepare(self, sizes: Sequence[tuple[int, int]], outputs: Sequence[OutputRequest]) -> None:
+        pass
+
+    def recent_batches(self) -> list[BatchShape]:
+        return []
+
+    def recover_from_failure(self, exc: BaseException) -> str:
+        return "out_of_memory" if isinstance(exc, MemoryError) else "inference_error"
+
+    def close(self) -> None:
+        pass
 
     def submit_batch(self, frames: Sequence[np.ndarray], outputs: Sequence[OutputRequest]) -> list[_Done]:
         assert len(frames) == len(outputs)
@@ -313,15 +332,15 @@ def test_reload_during_traffic_swaps_between_batches_and_loses_nothing(rigs) -> 
 
 
 class PreparingEngine(BatchEngine):
-    """A BatchEngine with the real engine's optional reload API: it remembers the batch shapes it
-    served, prepares shapes it is given, and records being closed."""
+    """A BatchEngine whose reload members record: it remembers the batch shapes it served,
+    prepares shapes it is given, and records being closed."""
 
     def __init__(self, offset: int = 0) -> None:
         super().__init__(offset)
         self.prepared: list[tuple[tuple[int, int], ...]] = []
         self.closed = False
 
-    def recent_batches(self) -> list[tuple[tuple[tuple[int, int], ...], tuple[OutputRequest, ...]]]:
+    def recent_batches(self) -> list[BatchShape]:
         return [(((4, 6),) * len(reds), (OutputRequest(),) * len(reds)) for reds in self.batches[-1:]]
 
     def prepare(self, sizes: Sequence[tuple[int, int]], outputs: Sequence[OutputRequest]) -> None:

@@ -6,7 +6,8 @@ The engine calls three functions and keeps everything else (pre/post-processing,
   name, package not installed - naming the package -, device or compile mode it cannot serve).
 * :func:`resolve_backend`: what ``auto`` means on this machine.
 * :func:`build_network`: the network as a callable ``(N, 3, H, W) -> (N, C, H, W)``, exported and
-  cached on first use.
+  cached on first use; a cached artifact is served only once it is proven to be this network
+  (:mod:`.cache`, :mod:`.parity`).
 
 ``auto`` resolves to ``onnxruntime`` on the CPU (measured faster than eager PyTorch with the same
 labels, bench/backends.py) for models the engine builds from the registry with ``compile: none``,
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..normalization import Normalization
 from .base import BACKENDS, BackendError, ExportError, Network
 from .cache import ArtifactCache, default_cache_dir
 from .export import ExportSpec
@@ -87,19 +89,21 @@ def resolve_backend(backend: str, device: torch.device, compile_mode: str, injec
 
 def build_network(
     backend: str, requested: str, model: nn.Module, config: Any, device: torch.device, precision: str,
-) -> tuple[str, Network]:
+    normalization: Normalization,
+) -> tuple[str, Network | nn.Module]:
     """``(backend actually used, network)`` for a resolved, non-torch backend.
 
     ``config`` is the engine's configuration (model, variant, num_classes, model_options, weights,
-    inference_size, cache_dir). With ``requested == "auto"`` a failed export falls back to the
-    torch model with a warning; an explicit backend raises :class:`BackendError`/:class:`ExportError`.
+    inference_size, cache_dir, cache_max_mb); ``normalization`` the input normalisation the engine
+    applies (recorded in the export). With ``requested == "auto"`` a failed export falls back to
+    the torch model with a warning; an explicit backend raises :class:`BackendError`/:class:`ExportError`.
     """
     spec = ExportSpec(
         model=getattr(model, "model_name", config.model), variant=getattr(model, "variant", config.variant or ""),
         num_classes=config.num_classes, options=dict(config.model_options),
-        weights=config.weights, size=tuple(config.inference_size or (128, 256)),
+        weights=config.weights, size=tuple(config.inference_size or (128, 256)), normalization=normalization,
     )
-    cache = ArtifactCache(config.cache_dir or None)
+    cache = ArtifactCache(config.cache_dir or None, config.cache_max_mb)
     try:
         if backend == "tensorrt":
             from .tensorrt_backend import build_tensorrt_network

@@ -12,8 +12,9 @@ from typing import Protocol
 
 import torch
 
-#: ``auto`` resolves per machine (see :func:`seg_perception.backends.resolve_backend`).
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+from ..choices import BACKENDS
+
+__all__ = ["BACKENDS", "BackendError", "ExportError", "Network"]
 
 
 class BackendError(RuntimeError):
@@ -25,11 +26,19 @@ class ExportError(ValueError):
 
 
 class Network(Protocol):
-    """The network as the engine calls it."""
+    """The network as the engine calls it (a non-torch backend; the torch backend is the model)."""
 
     #: Backend and provider in words, for diagnostics and reports.
     name: str
+    #: Where the running artifact came from, for diagnostics: exported now, a verified cache hit,
+    #: rebuilt (and why), or in memory only.
+    origin: str
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` float -> ``(N, C, H, W)`` logits on the same device."""
+        ...
+
+    def release_memory(self) -> None:
+        """Return memory the backend keeps sized for the largest input so far (called after an
+        oversize frame, so one huge frame does not raise the resident memory for good)."""
         ...

@@ -16,37 +16,52 @@ from ..cli_args import parse_size
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import build_model, load_checkpoint
     from ..params import parse_options
     from . import backend_problem
     from .cache import ArtifactCache
-    from .export import ExportSpec, cached_onnx, check_crf_not_exported, read_metadata
+    from .export import ExportSpec, check_crf_not_exported, export_onnx_bytes, read_metadata
+    from .onnxruntime_backend import build_onnxruntime_network
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     check_crf_not_exported(args.crf)
     if args.format == "tensorrt" and (problem := backend_problem("tensorrt", "cuda", "none")):
         raise ValueError(problem)
+    if args.format == "onnx" and not args.weights and not args.out:
+        raise ValueError("without --weights the export holds random weights, which are never cached; "
+                         "write it to a file with --out FILE")
     options = parse_options(args.model_options)
     model = build_model(args.model, args.num_classes, args.variant, **options).eval()
     if args.weights:
         load_checkpoint(model, args.weights)
     spec = ExportSpec(model=args.model, variant=model.variant, num_classes=args.num_classes, options=options,
-                      weights=args.weights or "", size=args.size)
+                      weights=args.weights or "", size=args.size, normalization=model.normalization)
     cache = ArtifactCache(args.cache_dir)
     if args.format == "tensorrt":
-        import torch
-
         from .tensorrt_backend import build_tensorrt_network
 
         network = build_tensorrt_network(model, spec, torch.device("cuda"), cache, args.precision == "fp16",
                                          args.size)
         print(f"TensorRT engine ready ({network.name}) in {cache.root / 'tensorrt'}")
         return 0
-    path, hit = cached_onnx(spec, model, cache)
+    # Weights from a file: the cache's entry, checked like the engine checks it (key, digest,
+    # metadata, parity probe), else exported into it. Random weights: exported straight to --out.
+    path, hit = None, False
+    if args.weights:
+        network = build_onnxruntime_network(model, spec, torch.device("cpu"), cache)
+        path, hit = network.path, network.cache_hit
+    if path is None and not args.out:
+        raise ValueError("the export could not be cached (see the log); write it to a file with --out FILE")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, args.out)
-        path = Path(args.out)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if path is not None:
+            shutil.copyfile(path, out)
+        else:
+            out.write_bytes(export_onnx_bytes(model, spec)[0])
+        path = out
     metadata = read_metadata(path)
     print(f"{'cached' if hit else 'exported'} {path} (input size {metadata['input_size']}, "
           f"{metadata['num_classes']} classes, {args.model} {model.variant})")
@@ -58,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or build its TensorRT engine (cached)")
     p.add_argument("--model", default="regseg")
     p.add_argument("--variant", default=None)
-    p.add_argument("--weights", default=None, help="checkpoint; without one the random weights are exported")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint; without one the random weights are exported (to --out only: never cached)")
     p.add_argument("--num-classes", type=int, default=19)
     p.add_argument("--model-options", default="{}", help="YAML mapping of builder options")
     p.add_argument("--size", type=parse_size, default=(512, 1024),

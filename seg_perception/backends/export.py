@@ -7,6 +7,12 @@ given. The TorchScript exporter is used (opset 17) because the dynamo exporter n
 ``onnxscript``; RegSeg splits channels with static slices, so the graph has plain ``Slice``
 nodes that TensorRT supports (no ``SplitToSequence``).
 
+Random weights are exported in memory only (:func:`onnx_artifact`): they are never written to
+the cache, whose entries are keyed by a weights file's digest. A cached file is served only after
+:class:`~seg_perception.backends.cache.ArtifactCache` has checked its sidecar key and content
+digest and :func:`metadata_problem` its own metadata (model, variant, classes, size and the cache
+key it was exported under); the ONNX Runtime backend then runs the parity probe.
+
 Only the network is exported. The CRF is a separate stage the engine applies to the logits in
 its postprocess (in PyTorch), so it cannot be exported, and does not need to be: an engine with
 ``crf: gpu`` or ``cpu`` runs its network through ONNX Runtime and the CRF after it.
@@ -30,8 +36,10 @@ from torch import nn
 from .. import __version__ as PACKAGE_VERSION
 from ..cityscapes import CLASS_NAMES
 from ..models.checkpoint import resolve_weights
+from ..normalization import IMAGENET, Normalization
 from .base import ExportError
 from .cache import ArtifactCache, CacheKey, file_sha256, state_dict_sha256
+from .ort_errors import ort_errors
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ class ExportSpec:
     options: dict[str, Any]
     weights: str  # checkpoint path; "" = the in-memory (random) weights
     size: tuple[int, int]  # traced (and, if the model is not dynamic, fixed) input size
+    #: How the input is normalised (the model registry entry's); recorded in the file.
+    normalization: Normalization = IMAGENET
 
     def weights_digest(self, model: nn.Module) -> str:
         if self.weights:
@@ -65,36 +75,98 @@ def onnx_key(spec: ExportSpec, model: nn.Module, input_size: str) -> CacheKey:
         kind="onnx", model=spec.model, variant=spec.variant, num_classes=spec.num_classes,
         options=json.dumps(spec.options, sort_keys=True, default=str), weights=spec.weights_digest(model),
         input_size=input_size, versions=f"torch {torch.__version__}; opset {OPSET}; seg_perception {PACKAGE_VERSION}",
+        extra="normalization=" + json.dumps(spec.normalization.to_metadata(), sort_keys=True),
     )
 
 
-def cached_onnx(spec: ExportSpec, model: nn.Module, cache: ArtifactCache) -> tuple[Path, bool]:
-    """The ONNX file for ``spec`` from the cache, exported on a miss; returns (path, cache hit).
+@dataclass
+class OnnxArtifact:
+    """An exported network: a checked cache file, or bytes that exist in memory only."""
+
+    source: Path | bytes
+    key: CacheKey
+    #: True when it came from the cache (key, digest and metadata checked).
+    hit: bool
+    #: Why it is not on disk ("" when it is): random weights, a disabled cache, or its size.
+    in_memory_reason: str = ""
+
+    @property
+    def path(self) -> Path | None:
+        return self.source if isinstance(self.source, Path) else None
+
+
+def onnx_artifact(spec: ExportSpec, model: nn.Module, cache: ArtifactCache) -> OnnxArtifact:
+    """The ONNX export of ``model``: a trusted cache entry, else exported now (and stored when
+    the weights come from a file and the cache takes it; random weights stay in memory).
 
     A fixed-size export (model not dynamic) is looked up under its size as well, so a model that
-    failed the dynamic check is not re-checked on every start.
+    failed the dynamic check is not re-checked on every start. A cache entry whose own metadata
+    does not describe ``spec`` is evicted with the reason.
     """
-    for input_size in ("dynamic", f"{spec.size[0]}x{spec.size[1]}"):
-        path = cache.lookup(onnx_key(spec, model, input_size), ".onnx")
-        if path is not None:
-            return path, True
-    data, dynamic = export_onnx_bytes(model, spec)
-    key = onnx_key(spec, model, "dynamic" if dynamic else f"{spec.size[0]}x{spec.size[1]}")
-    return cache.store(key, ".onnx", lambda tmp: tmp.write_bytes(data)), False
+    cacheable = bool(spec.weights) and cache.enabled
+    if cacheable:
+        for input_size in ("dynamic", f"{spec.size[0]}x{spec.size[1]}"):
+            key = onnx_key(spec, model, input_size)
+            path = cache.lookup(key, ".onnx")
+            if path is None:
+                continue
+            problem = metadata_problem(path, spec, key)
+            if problem is None:
+                return OnnxArtifact(path, key, hit=True)
+            cache.evict(path, problem)
+    data, key = export_onnx_bytes(model, spec)
+    if not spec.weights:
+        return OnnxArtifact(data, key, hit=False, in_memory_reason="random weights are never cached")
+    if not cache.enabled:
+        return OnnxArtifact(data, key, hit=False, in_memory_reason="cache_max_mb is 0")
+    if len(data) > cache.max_bytes:
+        return OnnxArtifact(data, key, hit=False,
+                            in_memory_reason=f"{len(data) >> 20} MB is more than cache_max_mb {cache.max_bytes >> 20}")
+    return OnnxArtifact(cache.store(key, ".onnx", lambda tmp: tmp.write_bytes(data)), key, hit=False)
 
 
-def export_onnx_bytes(model: nn.Module, spec: ExportSpec) -> tuple[bytes, bool]:
-    """Serialized ONNX of ``model`` (fp32, CPU) and whether H/W/batch are dynamic."""
+def cached_onnx(spec: ExportSpec, model: nn.Module, cache: ArtifactCache) -> tuple[Path, bool]:
+    """The ONNX file for ``spec`` in the cache (exported on a miss); returns (path, cache hit).
+    Only weights from a file are cached: random weights raise :class:`ExportError`."""
+    if not spec.weights:
+        raise ExportError("random weights are never cached on disk; export them to a file of your choice "
+                          "(seg-perception export --out FILE) or pass --weights")
+    artifact = onnx_artifact(spec, model, cache)
+    if artifact.path is None:
+        raise ExportError(f"the export of {spec.model} was not cached: {artifact.in_memory_reason}")
+    return artifact.path, artifact.hit
+
+
+def metadata_problem(path: Path, spec: ExportSpec, key: CacheKey) -> str | None:
+    """Why the ONNX file at ``path`` is not the export of ``spec`` under ``key``; None when its
+    metadata says it is (a file that does not parse is not)."""
+    try:
+        metadata = read_metadata(path)
+    except Exception as exc:  # onnx raises protobuf's DecodeError and others for a foreign file
+        return f"it is not a readable ONNX file ({type(exc).__name__})"
+    expected = {"model": spec.model, "variant": spec.variant, "num_classes": str(spec.num_classes),
+                "input_size": key.input_size, "cache_key": key.digest()}
+    wrong = sorted(name for name, value in expected.items() if metadata.get(name) != value)
+    if wrong:
+        return f"its ONNX metadata does not match ({', '.join(wrong)})"
+    return None
+
+
+def export_onnx_bytes(model: nn.Module, spec: ExportSpec) -> tuple[bytes, CacheKey]:
+    """Serialized ONNX of ``model`` (fp32, CPU) and its cache key, whose ``input_size`` says
+    whether H/W/batch are dynamic (``dynamic``) or fixed (``HxW``)."""
     model = _fp32_cpu(model)
     LOG.info("exporting %s %s to ONNX (traced at %dx%d)", spec.model, spec.variant, *spec.size)
     data = _trace(model, spec, dynamic=True)
     problem = _dynamic_problem(model, data)
     if problem is None:
-        return _with_metadata(data, spec, "dynamic"), True
+        key = onnx_key(spec, model, "dynamic")
+        return _with_metadata(data, spec, key), key
     LOG.warning("%s %s is not shape-dynamic in ONNX (%s); exporting at the fixed size %dx%d",
                 spec.model, spec.variant, problem[:200], *spec.size)
     fixed = _trace(model, spec, dynamic=False)
-    return _with_metadata(fixed, spec, f"{spec.size[0]}x{spec.size[1]}"), False
+    key = onnx_key(spec, model, f"{spec.size[0]}x{spec.size[1]}")
+    return _with_metadata(fixed, spec, key), key
 
 
 def _fp32_cpu(model: nn.Module) -> nn.Module:
@@ -127,8 +199,6 @@ def _dynamic_problem(model: nn.Module, data: bytes) -> str | None:
     """Why the dynamic export disagrees with PyTorch at other sizes, or None when it agrees."""
     import onnxruntime as ort
 
-    from .onnxruntime_backend import ort_errors
-
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         generator = torch.Generator().manual_seed(0)
@@ -147,18 +217,22 @@ def _dynamic_problem(model: nn.Module, data: bytes) -> str | None:
     return None
 
 
-def _with_metadata(data: bytes, spec: ExportSpec, input_size: str) -> bytes:
-    """Record model, variant, classes and input size in the file (``metadata_props``)."""
+def _with_metadata(data: bytes, spec: ExportSpec, key: CacheKey) -> bytes:
+    """Record model, variant, classes, input size and normalisation in the file
+    (``metadata_props``), and the cache key and weights digest it was exported under."""
     import onnx
 
     proto = onnx.load_from_string(data)
     classes = list(CLASS_NAMES) if spec.num_classes == len(CLASS_NAMES) else [str(i) for i in range(spec.num_classes)]
+    norm = spec.normalization
     metadata = {
         "model": spec.model, "variant": spec.variant, "num_classes": str(spec.num_classes),
-        "classes": json.dumps(classes), "input_size": input_size,
-        "input_layout": "NCHW float32, RGB normalised with ImageNet mean/std",
+        "classes": json.dumps(classes), "input_size": key.input_size,
+        "input_layout": (f"NCHW float32, {norm.channel_order.upper()}, (x/255 - mean) / std per channel"),
+        **norm.to_metadata(),
         "model_options": json.dumps(spec.options, sort_keys=True, default=str),
         "weights": Path(spec.weights).name if spec.weights else "(random init)",
+        "weights_digest": key.weights, "cache_key": key.digest(),
         "exporter": f"torch {torch.__version__} opset {OPSET}", "seg_perception": PACKAGE_VERSION,
     }
     for name, value in metadata.items():

@@ -23,24 +23,18 @@ from torch import nn
 
 from .base import BackendError
 from .cache import ArtifactCache
-from .export import INPUT_NAME, OUTPUT_NAME, ExportSpec, cached_onnx
+from .export import INPUT_NAME, OUTPUT_NAME, ExportSpec, OnnxArtifact, onnx_artifact
+from .ort_errors import ort_errors
+from .parity import CACHE_MIN_AGREEMENT, PROBE_SIZE, ParityReport, parity_probe, probe_input
 
 LOG = logging.getLogger(__name__)
 
 
-def ort_errors() -> tuple[type[BaseException], ...]:
-    """What a failing session creation or run raises: ONNX Runtime's own exception types (Fail,
-    InvalidProtobuf, ...; plain ``Exception`` subclasses) plus the Python ones it maps to."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
-    return (*own, RuntimeError, ValueError, OSError)
-
-
 class OnnxRuntimeNetwork:
-    """An ONNX file run by ONNX Runtime, called like the torch model (NCHW in, logits out)."""
+    """An ONNX file (or in-memory export) run by ONNX Runtime, called like the torch model
+    (NCHW in, logits out)."""
 
-    def __init__(self, path: Path, device: torch.device, num_classes: int, providers: list[Any]) -> None:
+    def __init__(self, source: Path | bytes, device: torch.device, num_classes: int, providers: list[Any]) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -48,18 +42,44 @@ class OnnxRuntimeNetwork:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # warnings about provider node placement are noise here
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        self.device, self.num_classes, self.path = device, num_classes, path
+        self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
+                                            sess_options=options, providers=providers)
+        self.device, self.num_classes = device, num_classes
+        #: The file it runs, None for an export that lives in memory only.
+        self.path: Path | None = None if isinstance(source, bytes) else source
+        #: The file's ``metadata_props`` (what ``seg-perception export`` records).
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.providers = self.session.get_providers()
         self.name = f"onnxruntime ({self.providers[0]})"
-        #: True when the ONNX file came from the cache (set by the builder).
+        #: True when the ONNX file came from the cache; ``origin`` says so in words (set by the builder).
         self.cache_hit = False
+        self.origin = ""
+        #: (H, W) of the small run that shrinks the arenas: the size the session accepts (a
+        #: TensorRT profile fixes it; the builder sets it then).
+        self.release_size: tuple[int, int] = self.fixed_size or PROBE_SIZE
+        arenas = "cpu:0" if device.type == "cpu" else f"cpu:0;gpu:{device.index or 0}"
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(H, W) of a fixed-size export, None for a shape-dynamic one."""
+        size = self.metadata.get("input_size", "dynamic")
+        if size == "dynamic" or "x" not in size:
+            return None
+        h, w = size.split("x", 1)
+        return int(h), int(w)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
-            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.float().contiguous().numpy()})[0]
-            return torch.from_numpy(out)
-        return self._run_cuda(x)
+            out = torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.float().contiguous().numpy()})[0])
+        else:
+            out = self._run_cuda(x)
+        if out.ndim != 4:
+            raise BackendError(f"the ONNX network outputs shape {tuple(out.shape)}, not (N, classes, H, W)")
+        if out.shape[1] != self.num_classes:
+            raise BackendError(f"the ONNX network outputs {out.shape[1]} classes, expected {self.num_classes}")
+        return out
 
     def _run_cuda(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-copy run on device tensors; the logits are (N, C, H, W) at the input size."""
@@ -74,6 +94,19 @@ class OnnxRuntimeNetwork:
         self.session.run_with_iobinding(binding)
         return out
 
+    def release_memory(self) -> None:
+        """Shrink ONNX Runtime's memory arenas back to what a small run needs.
+
+        The arena keeps every block it ever allocated, sized for the largest input so far; a run
+        with ``memory.enable_memory_arena_shrinkage`` returns the free blocks when it ends, so one
+        tiny run after an oversize frame gives that memory back.
+        """
+        h, w = self.release_size
+        try:
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)}, self._shrink)
+        except ort_errors() as exc:  # memory stays held; the frames were served all the same
+            LOG.warning("could not shrink ONNX Runtime's memory arenas: %s", str(exc)[:200])
+
 
 def cuda_providers(device: torch.device, tensorrt: list[Any] | None) -> list[Any]:
     """TensorRT (when given), CUDA, then CPU for whatever neither supports."""
@@ -81,23 +114,70 @@ def cuda_providers(device: torch.device, tensorrt: list[Any] | None) -> list[Any
     return [*(tensorrt or []), cuda, "CPUExecutionProvider"]
 
 
+def probe(network: OnnxRuntimeNetwork, model: nn.Module, spec: ExportSpec,
+          size: tuple[int, int] | None = None) -> ParityReport:
+    """The parity probe of a loaded network against the PyTorch model, on one small frame (at
+    ``size``, the network's fixed size, or :data:`~seg_perception.backends.parity.PROBE_SIZE`)."""
+    x = probe_input(size or network.fixed_size or PROBE_SIZE, spec.normalization)
+    return parity_probe(network, model, x, network.device)
+
+
 def build_onnxruntime_network(
     model: nn.Module, spec: ExportSpec, device: torch.device, cache: ArtifactCache,
-    tensorrt: list[Any] | None = None,
+    tensorrt: list[Any] | None = None, probe_size: tuple[int, int] | None = None, probe_on_cpu: bool = False,
 ) -> OnnxRuntimeNetwork:
-    """Export (or reuse the cached export) and open a session; a cached file that does not load
-    is deleted and exported again."""
+    """Export (or take the checked cache entry), open a session and run the parity probe.
+
+    A cached file that does not load, or whose labels on the probe frame disagree with the
+    PyTorch model's (agreement under :data:`~seg_perception.backends.parity.CACHE_MIN_AGREEMENT`),
+    is evicted with the reason and exported again; a fresh export that fails the probe raises
+    :class:`BackendError`. ``probe_on_cpu`` probes the file on a CPU session instead of the
+    serving one (TensorRT without a fixed size would build an engine for the probe's shape).
+    """
     providers = ["CPUExecutionProvider"] if device.type == "cpu" else cuda_providers(device, tensorrt)
-    path, hit = cached_onnx(spec, model, cache)
-    try:
-        network = OnnxRuntimeNetwork(path, device, spec.num_classes, providers)
-    except ort_errors() as exc:
-        if not hit:
-            raise BackendError(f"ONNX Runtime cannot load the exported {spec.model}: {str(exc)[:400]}") from exc
-        cache.evict(path, f"{type(exc).__name__}: {exc}")
-        path, hit = cached_onnx(spec, model, cache)
-        network = OnnxRuntimeNetwork(path, device, spec.num_classes, providers)
-    network.cache_hit = hit
-    LOG.info("%s %s runs on %s from %s (%s)", spec.model, spec.variant, network.name, path,
-             "cached" if hit else "exported now")
+    artifact = onnx_artifact(spec, model, cache)
+    network, report = _open_and_probe(artifact, model, spec, device, providers, cache, probe_size, probe_on_cpu)
+    if network is None and artifact.hit:
+        assert artifact.path is not None
+        cache.evict(artifact.path, report)
+        artifact = onnx_artifact(spec, model, cache)
+        network, report = _open_and_probe(artifact, model, spec, device, providers, cache, probe_size, probe_on_cpu)
+    if network is None:
+        raise BackendError(f"ONNX Runtime cannot serve the exported {spec.model}: {report}"[:600])
+    network.cache_hit = artifact.hit
+    network.origin = _origin(artifact, report, cache)
+    LOG.info("%s %s runs on %s from %s (%s)", spec.model, spec.variant, network.name,
+             artifact.path or "memory", network.origin)
     return network
+
+
+def _open_and_probe(artifact: OnnxArtifact, model: nn.Module, spec: ExportSpec, device: torch.device,
+                    providers: list[Any], cache: ArtifactCache, probe_size: tuple[int, int] | None,
+                    probe_on_cpu: bool) -> tuple[OnnxRuntimeNetwork | None, str]:
+    """(network, probe summary) when the artifact loads and passes the probe, else (None, why)."""
+    try:
+        network = OnnxRuntimeNetwork(artifact.source, device, spec.num_classes, providers)
+        checked = (OnnxRuntimeNetwork(artifact.source, torch.device("cpu"), spec.num_classes, ["CPUExecutionProvider"])
+                   if probe_on_cpu else network)
+    except ort_errors() as exc:
+        return None, f"ONNX Runtime cannot load it: {type(exc).__name__}: {str(exc)[:300]}"
+    report = probe(checked, model, spec, probe_size)
+    if report.problem:
+        return None, f"it failed the parity probe against PyTorch ({report.problem})"
+    if not report.passed(CACHE_MIN_AGREEMENT):
+        return None, (f"it failed the parity probe against PyTorch ({report.summary()}; at least "
+                      f"{100 * CACHE_MIN_AGREEMENT:.0f} % agreement required)")
+    return network, report.summary()
+
+
+def _origin(artifact: OnnxArtifact, probe_summary: str, cache: ArtifactCache) -> str:
+    """Where the network came from, in one line for diagnostics."""
+    if artifact.hit:
+        origin = f"cache hit, verified (key, sha256, metadata; probe {probe_summary})"
+    elif artifact.path is not None:
+        origin = "exported now, cached"
+    else:
+        origin = f"exported now, in memory only ({artifact.in_memory_reason})"
+    if cache.evictions:
+        origin = f"{origin}; rebuilt after evicting {'; '.join(cache.evictions)}"
+    return origin[:600]

@@ -16,10 +16,17 @@ from .checkpoint import (
     UnsafeCheckpointError,
     load_checkpoint,
 )
-from .registry import ModelConfigError, build_model, count_parameters, list_models, model_options
+from .registry import (
+    ModelConfigError,
+    build_model,
+    count_parameters,
+    list_models,
+    model_options,
+    normalization_for,
+)
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "CheckpointNotFoundError",
     "ClassCountMismatchError", "CorruptCheckpointError", "UnsafeCheckpointError", "ModelConfigError", "build_model",
-    "count_parameters", "list_models", "load_checkpoint", "model_options",
+    "count_parameters", "list_models", "load_checkpoint", "model_options", "normalization_for",
 ]

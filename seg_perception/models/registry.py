@@ -3,6 +3,12 @@
 Each architecture file registers a builder per variant with :func:`register_model`. Everything
 that selects a model (config, launch argument, CLI) goes through :func:`build_model`, so an
 unknown name, variant or option fails at configuration time with the valid choices listed.
+
+Each variant also records how its input is normalised (:class:`~seg_perception.normalization.
+Normalization`: mean, std, channel order; ImageNet RGB unless registered otherwise), as timm's
+pretrained config does. The engine's preprocessing, training and the ONNX export metadata all
+read it from here (:func:`normalization_for`), so a model trained on other statistics is
+registered once and fed correctly everywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from ..normalization import IMAGENET, Normalization
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -29,6 +37,8 @@ class ModelEntry:
     paper: str = ""
     default_variant: str | None = None
     builders: dict[str, ModelBuilder] = field(default_factory=dict)
+    #: Input normalisation per variant (the data its weights were trained with).
+    normalizations: dict[str, Normalization] = field(default_factory=dict)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -39,15 +49,18 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, variant: str, *, default: bool = False, description: str = "", paper: str = ""
+    name: str, variant: str, *, default: bool = False, description: str = "", paper: str = "",
+    normalization: Normalization = IMAGENET,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``builder(num_classes=..., **options)`` as ``name``/``variant``."""
+    """Decorator: register ``builder(num_classes=..., **options)`` as ``name``/``variant``,
+    whose weights expect input normalised with ``normalization``."""
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         entry = _REGISTRY.setdefault(name, ModelEntry(name))
         if variant in entry.builders:
             raise RuntimeError(f"model {name!r} variant {variant!r} registered twice")
         entry.builders[variant] = builder
+        entry.normalizations[variant] = normalization.validate()
         entry.description = entry.description or description
         entry.paper = entry.paper or paper
         if default or entry.default_variant is None:
@@ -76,6 +89,12 @@ def resolve(name: str, variant: str | None = None) -> tuple[ModelEntry, str]:
             f"{', '.join(entry.variants)}"
         )
     return entry, chosen
+
+
+def normalization_for(name: str, variant: str | None = None) -> Normalization:
+    """How ``name``/``variant`` wants its input normalised (:class:`ModelConfigError` if unknown)."""
+    entry, chosen = resolve(name, variant)
+    return entry.normalizations[chosen]
 
 
 def model_options(name: str, variant: str | None = None) -> tuple[str, ...]:
@@ -116,6 +135,7 @@ def build_model(
     model.model_name = name
     model.variant = chosen
     model.num_classes = num_classes
+    model.normalization = entry.normalizations[chosen]
     return model
 
 

@@ -27,9 +27,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cityscapes import IGNORE_INDEX
-from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation.cityscapes_folder import CityscapesPair, find_pairs, read_pair, write_pair
 from ..image_conversion import ImageRejected
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from .labels import LabelMapping
 
 SCALE_RANGE = (0.5, 2.0)
