@@ -337,21 +337,21 @@ class Scheduler:
         except Exception as exc:  # every load failure is reported, none kills us
             engine, reason = None, f"{type(exc).__name__}: {exc}"
         with completion_lock:
-            if generation != self._generation:  # released meanwhile: nobody wants this model now
-                with self._engine_lock:
-                    self.loading = None
-                self._retire(engine)
-                self.log(logging.INFO, f"discarded {label}: the model was released while it loaded")
-                return
-            if engine is None:
+            if engine is None and generation == self._generation:
                 self._load_failed(label, reason, on_failed)
                 return
             with self._engine_lock:
                 self.loading = None
                 if self._stop.is_set():
                     return
-                retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
-                self.startup_error = self.reload_error = None
+                released = generation != self._generation  # release() ran meanwhile: nobody wants it
+                if not released:
+                    retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
+                    self.startup_error = self.reload_error = None
+            if released:
+                self._retire(engine)
+                self.log(logging.INFO, f"discarded {label}: the model was released while it loaded")
+                return
             self._retire(retired)  # batches in flight on it still complete
             self.failures.success()
             if on_loaded is not None:

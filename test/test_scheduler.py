@@ -512,3 +512,27 @@ def test_release_waits_for_the_batch_closes_the_engine_and_holds_none(rigs) -> N
     rig.scheduler.resume()
     rig.put("left", _rgb(2))
     assert rig.settle(2)["dropped"] == {"inactive": 1, "model_not_loaded": 1}
+
+
+def test_nothing_is_published_once_pause_returns_even_after_its_timeout() -> None:
+    publishing, release = threading.Event(), threading.Event()
+    published: list[float] = []
+
+    def publish(frame: Frame, result: SegmentationResult) -> None:
+        publishing.set()
+        assert release.wait(10.0)
+        published.append(time.monotonic())
+
+    scheduler = Scheduler(["a"], convert=lambda frame: frame.payload, publish=publish)
+    scheduler.install(BatchEngine())
+    scheduler.start()
+    try:
+        scheduler.put("a", _rgb(1), time.time_ns())
+        assert publishing.wait(5.0)  # the result is being published
+        threading.Timer(0.5, release.set).start()
+        scheduler.pause("inactive", timeout=0.05)
+        returned = time.monotonic()
+        assert published and published[0] <= returned  # the publish in progress finished first
+    finally:
+        release.set()
+        scheduler.stop(1.0)
