@@ -525,18 +525,7 @@ class Scheduler:
         in_flight: list[_Started] = []
         while not self._stop.is_set():
             try:
-                frames = self._slots.take(0.0 if in_flight else IDLE_WAIT_S, self.batch_wait_ms / 1e3,
-                                          self.max_batch_size)
-                if frames:
-                    self._set_busy(True)  # before reading the engine: release() waits for this batch
-                engine = self._engine
-                started = self._start(frames, engine) if frames else []
-                if in_flight:
-                    self._finish(in_flight)
-                in_flight = started
-                if in_flight and not (engine is not None and engine.asynchronous):
-                    self._finish(in_flight)
-                    in_flight = []
+                in_flight = self._cycle(in_flight)
             except Exception as exc:  # the worker must outlive any bug in a frame
                 in_flight = []
                 self.log(logging.ERROR, f"worker error: {exc!r}")
@@ -544,6 +533,23 @@ class Scheduler:
         if in_flight:
             self._finish(in_flight)
         self._set_busy(False)
+
+    def _cycle(self, in_flight: list[_Started]) -> list[_Started]:
+        """One worker cycle: take and start a batch, finish the one before; the batch left in
+        flight. Its own function, so no reference to the engine outlives the cycle: once the
+        worker is idle, :meth:`release` leaves the engine referenced by nothing here."""
+        frames = self._slots.take(0.0 if in_flight else IDLE_WAIT_S, self.batch_wait_ms / 1e3,
+                                  self.max_batch_size)
+        if frames:
+            self._set_busy(True)  # before reading the engine: release() waits for this batch
+        engine = self._engine if frames else None
+        started = self._start(frames, engine) if frames else []
+        if in_flight:
+            self._finish(in_flight)
+        if started and not (engine is not None and engine.asynchronous):
+            self._finish(started)
+            return []
+        return started
 
     def _start(self, frames: list[Frame], engine: Engine | None) -> list[_Started]:
         """Check, convert and submit ``frames`` as one batch; each frame that cannot be

@@ -48,6 +48,7 @@ class GatedEngine:
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.description = {"model": config.model, "weights": config.weights, "device": "cpu"}
+        self.own = self  # a reference cycle, as a real engine has: only the cyclic collector frees it
         GatedEngine.instances.append(self)
 
     def warmup(self, height: int, width: int) -> None:
@@ -159,18 +160,19 @@ def test_deactivate_drops_the_result_of_the_batch_in_flight(rig: Rig) -> None:
 
 
 def test_cleanup_closes_and_frees_the_engine(rig: Rig) -> None:
-    rig.serving.configure()
-    rig.serving.activate()
-    rig.put(7)
-    _wait(lambda: rig.published == [7])
-    engine = rig.scheduler.engine
-    freed = weakref.ref(engine)
-    del engine
-    GatedEngine.instances.clear()
-    rig.serving.deactivate()
-    rig.serving.cleanup()
-    assert rig.serving.state == UNCONFIGURED and rig.scheduler.engine is None
-    assert freed() is None, gc.get_referrers(freed())  # nothing here holds it: its memory is gone
+    for cycle in range(10):  # the worker idles and serves around each release: no reference survives
+        rig.serving.configure()
+        rig.serving.activate()
+        rig.put(7)
+        _wait(lambda n=cycle: rig.published == [7] * (n + 1))
+        engine = rig.scheduler.engine
+        freed = weakref.ref(engine)
+        del engine
+        GatedEngine.instances.clear()
+        rig.serving.deactivate()
+        rig.serving.cleanup()
+        assert rig.serving.state == UNCONFIGURED and rig.scheduler.engine is None
+        assert freed() is None, gc.get_referrers(freed())  # nothing holds it at once: its memory is gone
     rig.request({"weights": "/w/other.pt"})  # unconfigured: remembered for the next configure
     assert rig.scheduler.loading is None and GatedEngine.instances == []
     assert rig.serving.configure() is None
