@@ -8,15 +8,26 @@ An override left empty (its default) keeps the value from ``config``; a given on
 node unchanged. The node validates it and says why at startup when it is wrong, so this file does
 not repeat the node's list of allowed values and need not change when a parameter gains one.
 Settings without an argument here (several cameras, thresholds, outputs) go in the ``config`` file.
+
+``lifecycle:=true`` starts seg_node as a managed node (launch_ros ``LifecycleNode``), unconfigured
+until a lifecycle manager (or ``ros2 lifecycle set``) configures and activates it;
+``autostart:=true`` has this launch do both, with launch_ros's lifecycle events, so the node then
+serves as a plain one does:
+
+    ros2 launch seg_perception seg.launch.py lifecycle:=true autostart:=true
 """
 
 import os
 
+import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 
 #: Launch arguments that override the node parameter of the same name when non-empty.
 OVERRIDES = {
@@ -34,6 +45,13 @@ OVERRIDES = {
 #: Overrides the node declares as doubles; ``ros2 launch`` hands every argument over as text.
 FLOAT_OVERRIDES = ("max_age_ms",)
 
+#: Launch arguments about the node's lifecycle (see 'Lifecycle, output QoS and lazy serving' in the README).
+LIFECYCLE_ARGUMENTS = {
+    "lifecycle": "true: a managed (lifecycle) node, unconfigured at start; false: a plain node (empty: from config)",
+    "autostart": "true (with lifecycle:=true): configure and activate the managed node at launch",
+}
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
 
 class LaunchArgumentError(ValueError):
     """A launch argument that cannot be turned into the parameter type the node declares."""
@@ -48,21 +66,48 @@ def _override_value(name: str, text: str) -> str | float:
         raise LaunchArgumentError(f"{name}:={text[:64]!r} must be a number") from None
 
 
+def _flag(name: str, context) -> bool | None:
+    """A true/false launch argument; None when left empty."""
+    text = LaunchConfiguration(name).perform(context).strip().lower()
+    if not text:
+        return None
+    if text not in TRUE + FALSE:
+        raise LaunchArgumentError(f"{name}:={text[:64]!r} must be true or false")
+    return text in TRUE
+
+
+def _change_state(node: LifecycleNode, transition: int) -> EmitEvent:
+    return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
+
+
 def _node(context, *args, **kwargs):
     given = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
     overrides = {name: _override_value(name, text) for name, text in given.items() if text}
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
-    return [
-        Node(
-            package="seg_perception",
-            executable="seg_node",
-            name="seg_node",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("config"), overrides, {"use_sim_time": use_sim_time}],
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+    lifecycle, autostart = _flag("lifecycle", context), _flag("autostart", context)
+    if lifecycle is not None:
+        overrides["lifecycle"] = lifecycle
+    if autostart and not lifecycle:
+        raise LaunchArgumentError("autostart:=true needs lifecycle:=true")
+    settings = dict(
+        package="seg_perception",
+        executable="seg_node",
+        name="seg_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("config"), overrides, {"use_sim_time": use_sim_time}],
+        output="screen",
+        emulate_tty=True,
+    )
+    if not lifecycle:
+        return [Node(**settings)]
+    node = LifecycleNode(**settings)
+    if not autostart:
+        return [node]
+    # configure once the node offers its services; activate once configure has succeeded
+    activate = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+        entities=[_change_state(node, lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE)]))
+    return [activate, node, _change_state(node, lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE)]
 
 
 def generate_launch_description():
@@ -76,5 +121,7 @@ def generate_launch_description():
                               description="true: judge frame ages on /clock (ros2 bag play --clock)"),
         *(DeclareLaunchArgument(name, default_value="", description=description)
           for name, description in OVERRIDES.items()),
+        *(DeclareLaunchArgument(name, default_value="", description=description)
+          for name, description in LIFECYCLE_ARGUMENTS.items()),
         OpaqueFunction(function=_node),
     ])

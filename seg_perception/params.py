@@ -316,6 +316,19 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("fail_fast", True,
               "Exit non-zero when the model cannot be loaded at startup; false = stay up and report "
               "ERROR on /diagnostics."),
+    # Managed node, output QoS and lazy serving (see 'Lifecycle, output QoS and lazy serving' in the README).
+    ParamSpec("lifecycle", False,
+              "true: a managed (lifecycle) node that starts unconfigured: configure loads the model, activate "
+              "serves, deactivate pauses, cleanup releases the model; false: a plain node that serves at once."),
+    ParamSpec("output_qos_reliability", "reliable",
+              "Output QoS reliability (labels, color, overlay, confidence): reliable | best_effort (a reliable "
+              "subscriber gets nothing from best_effort outputs).",
+              validate=_choice("reliable", "best_effort")),
+    ParamSpec("output_qos_depth", 5, "Output QoS history depth (keep last N).", validate=_positive,
+              range=(1, 1000)),
+    ParamSpec("lazy", False,
+              "true: a camera's frames are skipped (dropped as no_subscribers) while nobody subscribes to any "
+              "output it publishes; the first frame after a subscriber appears is served.", dynamic=True),
     ParamSpec("class_names", list(CLASS_NAMES), "Class name of each label id (read-only).", read_only=True),
     ParamSpec("palette", [int(c) for c in PALETTE.reshape(-1)],
               "Colour of each label id as flat [r0, g0, b0, r1, ...] (read-only).", read_only=True),
@@ -349,6 +362,9 @@ CAMERA_PARAMS: tuple[CameraParamSpec, ...] = (
     CameraParamSpec("publish_color", "Publish <camera>/segmentation/color; default: publish_color."),
     CameraParamSpec("publish_overlay", "Publish <camera>/segmentation/overlay; default: publish_overlay."),
     CameraParamSpec("publish_confidence", "Publish <camera>/segmentation/confidence; default: publish_confidence."),
+    CameraParamSpec("output_qos_reliability", "This camera's output QoS reliability; default: output_qos_reliability."),
+    CameraParamSpec("output_qos_depth", "This camera's output QoS history depth; default: output_qos_depth."),
+    CameraParamSpec("lazy", "Skip this camera's frames while nobody subscribes to its outputs; default: lazy."),
 )
 CAMERA_PARAMS_BY_NAME: dict[str, CameraParamSpec] = {p.name: p for p in CAMERA_PARAMS}
 #: Camera names: one ROS name token (it becomes a topic namespace and a parameter prefix).

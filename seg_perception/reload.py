@@ -16,25 +16,40 @@ outcomes:
 :attr:`ReloadController.lock` is held by a whole set request and by a finishing load, so a load
 never completes halfway through a request of several parameters (each is checked against the
 same loading state).
+
+A lifecycle node builds its engine on configure (:meth:`ReloadController.start`) and lets it go on
+cleanup (:meth:`ReloadController.release`, which also hands the freed device memory back); in
+between, model changes load in the background as above, and while no engine is wanted they only
+change the parameters the next configure builds from.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import params as P
-from .engine import EngineConfig
+from .engine_api import EngineConfig
 from .parameter_state import ParameterState, model_label
-from .scheduler import Engine, Scheduler
+from .scheduler import PAUSE_TIMEOUT_S, Engine, Scheduler
 
 #: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
 EngineFactory = Callable[[EngineConfig], Engine]
 
 #: Frame size (H, W) used to warm an engine up when ``inference_size`` follows the frames.
 WARMUP_SIZE = (64, 64)
+
+
+def default_engine_factory(config: EngineConfig) -> Engine:
+    """The real engine. Imported here, when the first model is built, so the node and this
+    module load without torch (and a signal during start-up is not stuck behind its import)."""
+    from .engine import SegmentationEngine
+
+    return SegmentationEngine(config)
 
 
 def build_engine(factory: EngineFactory, values: Mapping[str, Any]) -> Engine:
@@ -44,6 +59,16 @@ def build_engine(factory: EngineFactory, values: Mapping[str, Any]) -> Engine:
     engine = factory(config)
     engine.warmup(*(config.inference_size or WARMUP_SIZE))
     return engine
+
+
+def free_device_memory() -> None:
+    """Hand back the memory of engines nobody refers to any more: collect the reference cycles
+    that may still hold their tensors, then return CUDA's cached blocks to the driver (what
+    ``nvidia-smi`` and other processes see). On the CPU the collection alone frees them."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # no engine was ever built without it
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class ReloadController:
@@ -68,20 +93,37 @@ class ReloadController:
         self.serving = parameters.model_values()
         self.requested = dict(self.serving)
         self._reverting: threading.Thread | None = None
+        #: Whether an engine is wanted (between :meth:`start` and :meth:`release`): only then do
+        #: model changes load one.
+        self.active = False
 
     def reverting(self) -> bool:
         """True inside the set request that puts the parameters back after a failed load."""
         return self._reverting is threading.current_thread()
 
     def start(self) -> None:
-        """Build the startup engine in this thread and install it (raises what the build raises)."""
+        """Build the engine for the current parameters in this thread and install it (raises what
+        the build raises). From now on accepted model changes load in the background, also after
+        a failed build (a plain node without ``fail_fast`` recovers with the next good model)."""
+        self.active = True
+        self.serving = self.parameters.model_values()
+        self.requested = dict(self.serving)
         self.scheduler.install(self.build(self.parameters.values))
+
+    def release(self, timeout: float = PAUSE_TIMEOUT_S) -> bool:
+        """Let the engine go (the scheduler should be paused): the scheduler drops and closes it,
+        a load still running is discarded, and the freed device memory is handed back. Model
+        changes then wait for the next :meth:`start`. False when the worker was still busy."""
+        self.active = False
+        released = self.scheduler.release(timeout)
+        free_device_memory()
+        return released
 
     def parameters_applied(self) -> None:
         """After an accepted set request: when the model values differ from the latest requested
         ones, start loading that model in the background."""
         wanted = self.parameters.model_values()
-        if wanted == self.requested:  # also the revert's own request: it sets the requested values
+        if not self.active or wanted == self.requested:  # also the revert's own request
             return
         self.requested = wanted
         snapshot = dict(self.parameters.values)

@@ -15,7 +15,10 @@ callback; everything in between lives here, so it is unit-tested with fake engin
   camera and in total (:class:`~seg_perception.stats.FrameAccounting`);
 * **engine lifecycle**: the serving engine, a background load of a new one while the old one
   serves, the swap (one reference assignment between batches), and the failure report when a
-  load fails.
+  load fails;
+* **pausing**: a paused scheduler serves nothing (a lifecycle node that is not active): frames
+  that arrive, wait or finish meanwhile are dropped with the pause's reason, and once the worker
+  holds no batch the engine can be released (its memory with it).
 
 The worker thread never lets an exception escape, and a frame that fails (conversion, the fault
 hook, the engine) fails alone: when a batch of several frames fails, its frames are retried one
@@ -44,6 +47,16 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds the worker waits for a first frame before checking for shutdown again.
 IDLE_WAIT_S = 0.1
+
+#: Seconds :meth:`Scheduler.pause` and :meth:`Scheduler.release` wait for the batch in flight.
+PAUSE_TIMEOUT_S = 5.0
+
+#: Drop reasons of frames the node chose not to serve, not failures (the health report's drop
+#: ratio leaves them out): nobody subscribes to any of the camera's outputs (``lazy``), and the
+#: node is not active (a paused scheduler: a lifecycle node that is inactive).
+NO_SUBSCRIBERS = "no_subscribers"
+INACTIVE = "inactive"
+NOT_SERVED: tuple[str, ...] = (NO_SUBSCRIBERS, INACTIVE)
 
 
 @dataclass(frozen=True)
@@ -148,14 +161,19 @@ class FrameSlots:
                     break
             return taken
 
-    def close(self) -> list[Frame]:
-        """Refuse further frames; return those still waiting (they will not be processed)."""
+    def drain(self) -> list[Frame]:
+        """Empty every slot; return the frames that were waiting (they will not be processed)."""
         with self._cond:
-            self._closed = True
             waiting = [f for f in self._frames.values() if f is not None]
             self._frames = dict.fromkeys(self._order)
             self._cond.notify_all()
             return waiting
+
+    def close(self) -> list[Frame]:
+        """Refuse further frames; return those still waiting (they will not be processed)."""
+        with self._cond:
+            self._closed = True
+        return self.drain()
 
 
 def _default_log(level: int, message: str) -> None:
@@ -182,6 +200,9 @@ class Scheduler:
 
     ``before_inference`` is a fault-injection hook for tests: called with each frame's RGB array
     just before submission; whatever it raises is that frame's inference failure.
+
+    :meth:`pause` and :meth:`resume` stop and restart serving without stopping the worker (a
+    lifecycle node's deactivate and activate); :meth:`release` lets the engine go (cleanup).
     """
 
     def __init__(
@@ -231,6 +252,16 @@ class Scheduler:
         self.reload_error: str | None = None
         self._engine_lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        #: Counts :meth:`release` calls: a load started before one is discarded when it completes.
+        self._generation = 0
+
+        #: Why nothing is served (a drop reason), None while serving. Read and set under
+        #: ``_publish_lock``, so no result is published after :meth:`pause` returns.
+        self._paused: str | None = None
+        self._publish_lock = threading.Lock()
+        #: True while the worker holds frames or a batch in flight (it may be using the engine).
+        self._busy = False
+        self._idle = threading.Condition()
 
         self._slots = FrameSlots(self.cameras)
         self._stop = threading.Event()
@@ -269,13 +300,15 @@ class Scheduler:
                 return False
             self.loading = label
             self._loader = threading.Thread(target=self._load, args=(label, build, on_loaded, on_failed,
-                                                                         completion_lock or nullcontext()),
+                                                                         completion_lock or nullcontext(),
+                                                                         self._generation),
                                             name="seg_model_loader", daemon=True)
             self._loader.start()
         return True
 
     def _load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None,
-              on_failed: Callable[[str], None] | None, completion_lock: AbstractContextManager[Any]) -> None:
+              on_failed: Callable[[str], None] | None, completion_lock: AbstractContextManager[Any],
+              generation: int) -> None:
         try:
             engine: Engine | None = check_engine(build())
             self._prepare_like_serving(engine)
@@ -283,21 +316,46 @@ class Scheduler:
         except Exception as exc:  # every load failure is reported, none kills us
             engine, reason = None, f"{type(exc).__name__}: {exc}"
         with completion_lock:
-            if engine is None:
+            if engine is None and generation == self._generation:
                 self._load_failed(label, reason, on_failed)
                 return
             with self._engine_lock:
                 self.loading = None
                 if self._stop.is_set():
                     return
-                retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
-                self.startup_error = self.reload_error = None
-            if retired is not None:
-                retired.close()  # its background preparation thread; batches in flight still complete
+                released = generation != self._generation  # release() ran meanwhile: nobody wants it
+                if not released:
+                    retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
+                    self.startup_error = self.reload_error = None
+            if released:
+                self._retire(engine)
+                self.log(logging.INFO, f"discarded {label}: the model was released while it loaded")
+                return
+            self._retire(retired)  # batches in flight on it still complete
             self.failures.success()
             if on_loaded is not None:
                 on_loaded()
         self.log(logging.INFO, f"now serving {label}: {engine.description}")
+
+    @staticmethod
+    def _retire(engine: Engine | None) -> None:
+        """Close an engine the scheduler no longer serves (its background preparation thread)."""
+        if engine is not None:
+            engine.close()
+
+    def release(self, timeout: float = PAUSE_TIMEOUT_S) -> bool:
+        """Let the engine go (a lifecycle node's cleanup; call :meth:`pause` first): once the
+        worker holds no batch (at most ``timeout`` s) the scheduler drops its reference and closes
+        the engine, and a model load still running is discarded when it completes. Afterwards
+        nothing here refers to an engine, so its memory is freed with the last outside reference.
+        False when the worker was still busy after ``timeout`` (it finishes that batch alone)."""
+        idle = self.wait_idle(timeout)
+        with self._engine_lock:
+            retired, self._engine = self._engine, None
+            self._generation += 1
+            self.startup_error = self.reload_error = None
+        self._retire(retired)
+        return idle
 
     def _prepare_like_serving(self, engine: Engine) -> None:
         """Have a freshly built engine compile/capture the batch shapes the serving engine has
@@ -336,6 +394,9 @@ class Scheduler:
         transition = stamps.take_transition()
         if transition is not None:
             self.log(logging.INFO if arrival.on_clock else logging.WARNING, f"camera {camera!r}: {transition}")
+        if self._paused is not None:
+            self.accounting.drop(self._paused, camera)
+            return
         if self._engine is None:
             self.accounting.drop("model_not_loaded", camera)
             return
@@ -350,6 +411,43 @@ class Scheduler:
         """A frame of ``camera`` arrived and was refused before queueing (bad fields)."""
         self._arrived(camera)
         self.accounting.reject(reason, camera)
+
+    def skip(self, camera: str, reason: str) -> None:
+        """A frame of ``camera`` arrived and is deliberately not served (e.g. ``no_subscribers``)."""
+        self._arrived(camera)
+        self.accounting.drop(reason, camera)
+
+    # -- pausing ------------------------------------------------------------------------------
+    @property
+    def paused(self) -> str | None:
+        """Why nothing is served (the drop reason), None while serving."""
+        return self._paused
+
+    def pause(self, reason: str = INACTIVE, timeout: float = PAUSE_TIMEOUT_S) -> bool:
+        """Serve nothing until :meth:`resume`: frames that arrive or wait, and results of batches
+        still in flight, are dropped with ``reason``; nothing is published after this returns.
+        Waits (at most ``timeout`` s) until the worker holds no batch; False when it still does."""
+        with self._publish_lock:  # a result being published now goes out first
+            self._paused = reason
+        for frame in self._slots.drain():
+            self.accounting.drop(reason, frame.camera)
+        return self.wait_idle(timeout)
+
+    def resume(self) -> None:
+        """Serve again from the next frame on."""
+        with self._publish_lock:
+            self._paused = None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the worker holds no frames and no batch in flight; False after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._busy, timeout)
+
+    def _set_busy(self, busy: bool) -> None:
+        with self._idle:
+            if busy != self._busy:
+                self._busy = busy
+                self._idle.notify_all()
 
     @property
     def clock_mismatch_s(self) -> float:
@@ -402,28 +500,39 @@ class Scheduler:
         in_flight: list[_Started] = []
         while not self._stop.is_set():
             try:
-                frames = self._slots.take(0.0 if in_flight else IDLE_WAIT_S, self.batch_wait_ms / 1e3,
-                                          self.max_batch_size)
-                engine = self._engine
-                started = self._start(frames, engine) if frames else []
-                if in_flight:
-                    self._finish(in_flight)
-                in_flight = started
-                if in_flight and not (engine is not None and engine.asynchronous):
-                    self._finish(in_flight)
-                    in_flight = []
+                in_flight = self._cycle(in_flight)
             except Exception as exc:  # the worker must outlive any bug in a frame
                 in_flight = []
                 self.log(logging.ERROR, f"worker error: {exc!r}")
+            self._set_busy(bool(in_flight))
         if in_flight:
             self._finish(in_flight)
+        self._set_busy(False)
+
+    def _cycle(self, in_flight: list[_Started]) -> list[_Started]:
+        """One worker cycle: take and start a batch, finish the one before; the batch left in
+        flight. Its own function, so no reference to the engine outlives the cycle: once the
+        worker is idle, :meth:`release` leaves the engine referenced by nothing here."""
+        frames = self._slots.take(0.0 if in_flight else IDLE_WAIT_S, self.batch_wait_ms / 1e3,
+                                  self.max_batch_size)
+        if frames:
+            self._set_busy(True)  # before reading the engine: release() waits for this batch
+        engine = self._engine if frames else None
+        started = self._start(frames, engine) if frames else []
+        if in_flight:
+            self._finish(in_flight)
+        if started and not (engine is not None and engine.asynchronous):
+            self._finish(started)
+            return []
+        return started
 
     def _start(self, frames: list[Frame], engine: Engine | None) -> list[_Started]:
         """Check, convert and submit ``frames`` as one batch; each frame that cannot be
         submitted is accounted for here."""
-        if engine is None:  # not reachable after startup: frames are refused in put()
+        paused = self._paused
+        if paused is not None or engine is None:  # frames that slipped past put() meanwhile
             for frame in frames:
-                self.accounting.drop("model_not_loaded", frame.camera)
+                self.accounting.drop(paused or "model_not_loaded", frame.camera)
             return []
         now_ns = self.clock_ns()
         due: list[tuple[Frame, CameraPolicy]] = []
@@ -502,7 +611,13 @@ class Scheduler:
                 self._fail(frame, exc)
                 continue
             try:
-                self.publish(frame, result)
+                with self._publish_lock:
+                    paused = self._paused
+                    if paused is None:
+                        self.publish(frame, result)
+                if paused is not None:  # finished after pause(): never published
+                    self.accounting.drop(paused, frame.camera)
+                    continue
             except Exception as exc:  # e.g. the context shut down under us
                 stopping = self._stop.is_set()
                 self.accounting.drop("shutdown" if stopping else "publish_error", frame.camera)

@@ -19,8 +19,10 @@ The phases: while *starting* (imports, model loading, warm-up) a signal raises
 :class:`ShutdownRequested` in the main thread, so a model that takes a minute to load does not
 delay the exit; while *running* it sets :attr:`ShutdownSignals.requested`, which the spin loop
 polls; while *stopping* further signals are counted and ignored (a second Ctrl-C during shutdown
-neither raises nor changes the exit status). This module imports nothing heavy, so the console
-entry point installs the handlers before torch is imported.
+neither raises nor changes the exit status). A long step run from the spin loop (a managed node's
+configure, which builds the model) is :meth:`ShutdownSignals.interruptible`: a signal then raises
+as during startup, so Ctrl-C does not wait for the model to finish loading. This module imports
+nothing heavy, so the console entry point installs the handlers before torch is imported.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
@@ -71,6 +75,20 @@ class ShutdownSignals:
 
     def stopping(self) -> None:
         self.phase = STOPPING
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """While running, make a long step interruptible: inside, a signal raises
+        :class:`ShutdownRequested` (in the main thread) as it does during startup."""
+        if self.phase != RUNNING:
+            yield
+            return
+        self.phase = STARTING
+        try:
+            yield
+        finally:
+            if self.phase == STARTING:  # no signal came: back to polling
+                self.phase = RUNNING
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signal.Signals(signum).name)

@@ -3,10 +3,12 @@ the diagnostics period since the previous report (not the whole run, not only th
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from seg_perception import params as P
-from seg_perception.diagnostics import ERROR, OK
+from seg_perception.diagnostics import ERROR, OK, WARN
 from seg_perception.health import HealthReporter
 from seg_perception.scheduler import Scheduler
 from seg_perception.stamps import StampClock
@@ -69,3 +71,44 @@ def test_engine_report_carries_startup_failures() -> None:
     (status,) = HealthReporter(scheduler).statuses(VALUES, (), {"": "/c"})
     assert status.report.level == ERROR and "model not loaded" in status.report.message
     assert len(scheduler.startup_error) <= 500
+
+
+def test_frames_deliberately_not_served_do_not_count_as_lost() -> None:
+    scheduler = _scheduler(["a"])
+    health = HealthReporter(scheduler)
+    for _ in range(8):
+        scheduler.skip("a", "no_subscribers")  # lazy: nobody listens
+    scheduler.skip("a", "inactive")
+    scheduler.put("a", RGB, NOW, NOW)  # one real loss (no model)
+    scheduler.reject("a", "encoding")  # and one rejection
+    assert health.interval("a", scheduler.accounting.snapshot("a")) == (2, 2)
+    for _ in range(8):
+        scheduler.skip("a", "no_subscribers")
+    (_, camera) = health.statuses(VALUES, ("a",), {"a": "/a"})
+    assert camera.report.level == OK and "drop_ratio" not in camera.report.values, camera.report
+    assert camera.report.values["dropped_no_subscribers"] == "16"  # the books still show them
+
+
+def test_a_managed_node_reports_its_state_in_every_status() -> None:
+    scheduler = _scheduler(["a", "b"])
+    values = {**VALUES, "silence_warn_s": 0.001}
+    scheduler.skip("a", "inactive")  # camera a delivered a frame (not served), then went silent
+    time.sleep(0.01)
+    health = HealthReporter(scheduler)
+    statuses = health.statuses(values, ("a", "b"), {"a": "/a", "b": "/b"}, state="inactive")
+    assert [s.report.values["lifecycle_state"] for s in statuses] == ["inactive"] * 3
+    camera_a = statuses[1].report
+    assert camera_a.level == OK and camera_a.message == "inactive: not serving"  # silent, but not serving
+    active = health.statuses(values, ("a", "b"), {"a": "/a", "b": "/b"}, state="active")
+    assert active[1].report.level == WARN and "no frames for" in active[1].report.message
+    assert all(s.report.values["lifecycle_state"] == "active" for s in active)
+    plain = health.statuses(values, ("a", "b"), {"a": "/a", "b": "/b"})
+    assert all("lifecycle_state" not in s.report.values for s in plain)
+
+
+def test_a_failed_configure_is_error_whatever_the_state() -> None:
+    scheduler = _scheduler([""])
+    scheduler.startup_failed("ValueError: bad checkpoint")
+    (status,) = HealthReporter(scheduler).statuses(VALUES, (), {"": "/c"}, state="unconfigured")
+    assert status.report.level == ERROR and "bad checkpoint" in status.report.message
+    assert status.report.values["lifecycle_state"] == "unconfigured"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import ros_native_support
 import yaml
+from lifecycle_msgs.srv import GetState
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import parameter_value_to_python
 from ros_harness import RosHarness, make_image, wait_for
@@ -64,8 +65,11 @@ CARS_YAML = """\
       image_topic: /sensing/camera/rear/image_raw
 """
 MULTI_CAMERA = ("namespace:=car", "config:=cars.yaml", "device:=cpu", "precision:=fp32", "max_age_ms:=0")
+#: A managed node that the launch configures and activates (launch_ros LifecycleNode and its events).
+MANAGED = ("namespace:=managed", "lifecycle:=true", "autostart:=true", "device:=cpu", "precision:=fp32",
+           "max_age_ms:=0")
 #: Commands the README's ROS-native section must show verbatim, in this form.
-COMMANDS = tuple(ros2_launch_command(args) for args in (SHOW_ARGS, SINGLE_CAMERA, MULTI_CAMERA))
+COMMANDS = tuple(ros2_launch_command(args) for args in (SHOW_ARGS, SINGLE_CAMERA, MULTI_CAMERA, MANAGED))
 #: Seconds seg_node may take to start (imports torch and builds the model) on a loaded machine.
 STARTUP_TIMEOUT_S = 90.0
 #: SIGINT must end launch and its node within this many seconds.
@@ -97,6 +101,13 @@ def front(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Lau
 def cars(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Launch:
     (workspace.root / "cars.yaml").write_text(CARS_YAML)
     launch = ros2_launch(workspace, MULTI_CAMERA, tmp_path_factory.mktemp("launch") / "cars.log")
+    yield launch
+    kill_group(launch.process)
+
+
+@pytest.fixture(scope="module")
+def managed(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    launch = ros2_launch(workspace, MANAGED, tmp_path_factory.mktemp("launch") / "managed.log")
     yield launch
     kill_group(launch.process)
 
@@ -157,7 +168,7 @@ def test_show_args_lists_every_documented_argument_with_its_description(workspac
     shown = _shown_arguments(show_args(workspace))
     documented = _documented_arguments()
     assert {"config", "namespace", "use_sim_time", "model", "weights", "image_topic", "device", "precision",
-            "compile", "image_transport", "backend", "max_age_ms"} <= set(shown)
+            "compile", "image_transport", "backend", "max_age_ms", "lifecycle", "autostart"} <= set(shown)
     assert set(shown) == set(documented), "README launch-argument table differs from --show-args"
     for name, description in shown.items():
         assert description.strip(), f"{name} has no description"
@@ -264,7 +275,7 @@ def test_given_overrides_pass_unchanged_and_empty_ones_keep_the_config(launch_so
     monkeypatch.setattr(module, "Node", lambda **kwargs: kwargs)
     context = LaunchContext()
     given = {"precision": "auto", "image_transport": "compressed", "backend": "onnxruntime", "max_age_ms": "250"}
-    context.launch_configurations.update({name: "" for name in module.OVERRIDES})
+    context.launch_configurations.update({name: "" for name in (*module.OVERRIDES, *module.LIFECYCLE_ARGUMENTS)})
     context.launch_configurations.update({"config": "front.yaml", "namespace": "", "use_sim_time": "false", **given})
     (node,) = module._node(context)
     config, overrides, sim_time = node["parameters"]
@@ -337,3 +348,80 @@ def test_multi_camera_config_serves_every_camera_in_the_namespace(cars: Launch, 
     assert get_parameters(ros, cars, "/car/seg_node", ["device", "precision"]) == {"device": "cpu", "precision": "fp32"}
     # Ctrl-C in a terminal: the node gets SIGINT from the terminal and again from launch.
     _stop_with_sigint(cars, terminal=True)
+
+
+def _launch_module(launch_sources: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple:
+    for folder in reversed(launch_sources):
+        monkeypatch.syspath_prepend(folder)
+    from launch.launch_context import LaunchContext
+
+    spec = importlib.util.spec_from_file_location("seg_launch", REPO_ROOT / "launch" / "seg.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = LaunchContext()
+    context.launch_configurations.update({name: "" for name in (*module.OVERRIDES, *module.LIFECYCLE_ARGUMENTS)})
+    context.launch_configurations.update({"config": "seg.yaml", "namespace": "", "use_sim_time": "false"})
+    return module, context
+
+
+def test_lifecycle_arguments_choose_the_action_and_the_events(launch_sources: list[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    module, context = _launch_module(launch_sources, monkeypatch)
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch_ros.actions import LifecycleNode, Node
+
+    made: list[tuple[str, dict]] = []
+
+    class PlainAction(Node):
+        def __init__(self, **kwargs: object) -> None:
+            made.append(("plain", kwargs["parameters"][1]))
+            super().__init__(**kwargs)
+
+    class ManagedAction(LifecycleNode):
+        def __init__(self, **kwargs: object) -> None:
+            made.append(("managed", kwargs["parameters"][1]))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(module, "Node", PlainAction)
+    monkeypatch.setattr(module, "LifecycleNode", ManagedAction)
+    assert len(module._node(context)) == 1 and made[-1] == ("plain", {})  # empty: the config decides
+    context.launch_configurations["lifecycle"] = "false"
+    assert len(module._node(context)) == 1 and made[-1] == ("plain", {"lifecycle": False})
+    context.launch_configurations["lifecycle"] = "true"
+    (node,) = module._node(context)  # managed, left unconfigured for a lifecycle manager
+    assert isinstance(node, ManagedAction) and made[-1] == ("managed", {"lifecycle": True})
+    context.launch_configurations["autostart"] = "true"
+    handler, node, configure = module._node(context)
+    assert isinstance(node, ManagedAction) and isinstance(handler, RegisterEventHandler)
+    assert isinstance(configure, EmitEvent) and configure.event.transition_id == 1  # configure
+    (activate,) = handler.event_handler.entities
+    assert activate.event.transition_id == 3  # activate, once configure has reached inactive
+    context.launch_configurations["lifecycle"] = ""
+    with pytest.raises(module.LaunchArgumentError, match="autostart:=true needs lifecycle:=true"):
+        module._node(context)
+    context.launch_configurations["lifecycle"] = "sometimes"
+    with pytest.raises(module.LaunchArgumentError, match="lifecycle:='sometimes' must be true or false"):
+        module._node(context)
+
+
+def _lifecycle_state(ros: RosHarness, launch: Launch, node_name: str) -> str:
+    client = ros.probe.create_client(GetState, f"{node_name}/get_state")
+    try:
+        assert client.wait_for_service(timeout_sec=STARTUP_TIMEOUT_S), launch.output()[-3000:]
+        future = client.call_async(GetState.Request())
+        assert wait_for(future.done, timeout=STARTUP_TIMEOUT_S), launch.output()[-3000:]
+        return future.result().current_state.label
+    finally:
+        ros.probe.destroy_client(client)
+
+
+def test_autostart_configures_and_activates_the_managed_node(managed: Launch, ros: RosHarness) -> None:
+    assert wait_for(lambda: _lifecycle_state(ros, managed, "/managed/seg_node") == "active",
+                    timeout=STARTUP_TIMEOUT_S, interval=0.5), managed.output()[-3000:]
+    assert get_parameters(ros, managed, "/managed/seg_node", ["lifecycle"]) == {"lifecycle": True}
+    outputs = _serve_one(ros, managed, "/managed/camera/image_raw", "/managed", kinds=("labels",))
+    assert outputs["labels"][0].encoding == "mono8"
+    output = managed.output()
+    assert "lifecycle state: inactive" in output and "lifecycle state: active" in output
+    assert output.index("lifecycle state: inactive") < output.index("lifecycle state: active")
+    _stop_with_sigint(managed, terminal=True)

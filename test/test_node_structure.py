@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "seg_perception"
 
 #: The node's ROS-free parts: each is importable, and unit-tested, without rclpy.
 ROS_FREE = ("parameter_state", "reload", "frame_conversion", "health", "log_throttle", "topics",
-            "weights_access", "shutdown", "process", "scheduler", "params")
+            "weights_access", "shutdown", "process", "scheduler", "params", "lifecycle")
 #: Modules that must not be part of any import cycle.
-ACYCLIC = ROS_FREE + ("node", "rclpy_compat")
+ACYCLIC = ROS_FREE + ("node", "rclpy_compat", "camera_io")
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -25,6 +27,7 @@ from sensor_msgs.msg import Image
 from seg_perception import process
 from seg_perception.node import SegmentationNode
 from seg_perception.params import params_file_problem, unknown_parameter_message
+from seg_perception.shutdown import ShutdownRequested, ShutdownSignals
 
 pytestmark = pytest.mark.ros
 
@@ -115,6 +118,42 @@ def test_signal_during_a_long_inference_exits_zero_with_the_books_logged() -> No
     assert code == 0, output
     assert elapsed < 3.0, output
     assert "stopped in" in output and "1 frames received" in output, output
+    assert not any(bad in output for bad in BAD_OUTPUT), output
+
+
+def test_a_managed_node_waits_unconfigured_and_exits_zero_on_a_signal() -> None:
+    node = NodeProcess("lifecycle:=true")
+    node.wait_for("is unconfigured", timeout=120)  # logged just before the node starts spinning
+    time.sleep(1.0)
+    code, elapsed, output = node.signal_and_wait(signal.SIGINT)
+    assert code == 0, output
+    assert elapsed < 3.0, output
+    assert "stopped in" in output and "0 frames received" in output, output
+    assert "segmenting" not in output and "one model for" not in output  # nothing built, nothing taken
+    assert not any(bad in output for bad in BAD_OUTPUT), output
+
+
+def test_a_signal_during_a_long_configure_exits_zero_without_waiting_for_the_model() -> None:
+    # the warm-up at a large inference size keeps configure busy for many seconds
+    node = NodeProcess("lifecycle:=true", "inference_size:=[1024, 2048]")
+    context = rclpy.Context()
+    context.init()
+    driver = Node("configure_driver", context=context)
+    client = driver.create_client(ChangeState, "/seg_node/change_state")
+    try:
+        node.wait_for("is unconfigured", timeout=120)
+        assert client.wait_for_service(timeout_sec=30.0)
+        client.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        node.wait_for("RANDOM weights", timeout=60)  # logged as the model is built, before warm-up
+        time.sleep(0.5)
+        code, elapsed, output = node.signal_and_wait(signal.SIGTERM)
+    finally:
+        driver.destroy_node()
+        context.try_shutdown()
+    assert code == 0, output
+    assert elapsed < 5.0, output
+    assert "SIGTERM during startup, stopped before serving" in output
+    assert "lifecycle state: inactive" not in output  # it did not wait for configure to finish
     assert not any(bad in output for bad in BAD_OUTPUT), output
 
 
@@ -216,3 +255,19 @@ def test_process_module_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ}).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_interruptible_steps_raise_on_a_signal_and_the_rest_of_running_only_requests() -> None:
+    signals = ShutdownSignals()  # not installed: the handler is called as the signal would call it
+    signals.running()
+    with signals.interruptible():
+        pass
+    assert signals.phase == "running"
+    signals._handle(signal.SIGINT, None)  # running, outside: a request the spin loop polls
+    assert signals.requested.is_set() and signals.phase == "running"
+    signals = ShutdownSignals()
+    signals.running()
+    with pytest.raises(ShutdownRequested, match="SIGTERM"), signals.interruptible():
+        signals._handle(signal.SIGTERM, None)
+    assert signals.phase == "stopping"  # a second signal while unwinding does not raise again
+    signals._handle(signal.SIGTERM, None)

@@ -472,3 +472,86 @@ def test_age_is_measured_from_the_stamp_or_else_from_arrival() -> None:
     arrived = time.monotonic_ns() - 6_000_000
     off_clock = Frame("a", None, 0, 5_000_000, on_clock=False, received_steady_ns=arrived)
     assert 6.0 <= Scheduler.frame_age_ms(off_clock, now_ns=11_000_000) < 6.0 + 5_000
+
+
+def test_pause_drops_waiting_arriving_and_finishing_frames_and_resume_serves_again(rigs) -> None:
+    engine = BatchEngine()
+    rig = rigs(engine, batch_wait_ms=0.0)
+    gate = _hold_worker(rig, engine, 1)  # front's frame is inside the engine
+    rig.put("left", _rgb(2))  # waiting in its slot
+    threading.Timer(0.3, gate.set).start()
+    assert rig.scheduler.pause("inactive", timeout=5.0)  # waits for the batch in flight
+    assert rig.scheduler.paused == "inactive"
+    rig.put("right", _rgb(3))  # arrives while paused
+    books = rig.settle(3)
+    assert books["processed"] == 0 and books["dropped"] == {"inactive": 3} and rig.published == []
+    rig.scheduler.resume()
+    assert rig.scheduler.paused is None
+    rig.put("right", _rgb(4))
+    rig.settle(4)
+    assert rig.published == [("right", 4, 4)]
+    _assert_books_add_up(rig.scheduler)
+
+
+def test_pause_gives_up_waiting_after_its_timeout(rigs) -> None:
+    engine = BatchEngine()
+    rig = rigs(engine)
+    gate = _hold_worker(rig, engine, 1)
+    started = time.monotonic()
+    assert not rig.scheduler.pause("inactive", timeout=0.2)
+    assert time.monotonic() - started < 2.0
+    gate.set()
+    assert rig.scheduler.wait_idle(5.0)
+    assert rig.settle(1)["dropped"] == {"inactive": 1}
+
+
+def test_skip_books_a_frame_as_received_and_dropped_with_its_reason(rigs) -> None:
+    rig = rigs(BatchEngine())
+    rig.scheduler.skip("left", "no_subscribers")
+    books = rig.scheduler.accounting.snapshot("left")
+    assert books["received"] == 1 and books["dropped"] == {"no_subscribers": 1} and books["in_flight"] == 0
+    assert rig.scheduler.camera_stats["left"].last_received is not None  # the camera is not silent
+
+
+def test_release_waits_for_the_batch_closes_the_engine_and_holds_none(rigs) -> None:
+    closed: list[BatchEngine] = []
+
+    class Closing(BatchEngine):
+        def close(self) -> None:
+            closed.append(self)
+
+    engine = Closing()
+    rig = rigs(engine)
+    gate = _hold_worker(rig, engine, 1)
+    rig.scheduler.pause("inactive", timeout=0.0)
+    threading.Timer(0.3, gate.set).start()
+    assert rig.scheduler.release(timeout=5.0)
+    assert engine.batches == [[1]]  # the batch it held finished before the engine was let go
+    assert rig.scheduler.engine is None and closed == [engine]
+    rig.scheduler.resume()
+    rig.put("left", _rgb(2))
+    assert rig.settle(2)["dropped"] == {"inactive": 1, "model_not_loaded": 1}
+
+
+def test_nothing_is_published_once_pause_returns_even_after_its_timeout() -> None:
+    publishing, release = threading.Event(), threading.Event()
+    published: list[float] = []
+
+    def publish(frame: Frame, result: SegmentationResult) -> None:
+        publishing.set()
+        assert release.wait(10.0)
+        published.append(time.monotonic())
+
+    scheduler = Scheduler(["a"], convert=lambda frame: frame.payload, publish=publish)
+    scheduler.install(BatchEngine())
+    scheduler.start()
+    try:
+        scheduler.put("a", _rgb(1), time.time_ns())
+        assert publishing.wait(5.0)  # the result is being published
+        threading.Timer(0.5, release.set).start()
+        scheduler.pause("inactive", timeout=0.05)
+        returned = time.monotonic()
+        assert published and published[0] <= returned  # the publish in progress finished first
+    finally:
+        release.set()
+        scheduler.stop(1.0)
