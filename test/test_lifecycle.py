@@ -60,6 +60,15 @@ class GatedEngine:
     def close(self) -> None:
         self.closes += 1
 
+    def prepare(self, sizes: Any, outputs: Any) -> None:
+        pass
+
+    def recent_batches(self) -> list[Any]:
+        return []
+
+    def recover_from_failure(self, exc: BaseException) -> str:
+        return "inference_error"
+
     def submit_batch(self, frames: list[np.ndarray], outputs: list[OutputRequest]) -> list[_Done]:
         self.entered.set()
         if self.gate is not None:

@@ -125,7 +125,7 @@ def test_configure_builds_the_engine_and_outputs_but_serves_nothing(managed: Man
     assert managed.change(Transition.TRANSITION_CONFIGURE)
     assert managed.state() == "inactive"
     (engine,) = ClosingEngine.built
-    assert managed.node.scheduler.engine is engine and engine.warmed_up == (64, 64)
+    assert managed.node.scheduler.engine is engine and engine.warmed_up == [(64, 64)]
     assert managed.ros.probe.count_publishers(f"/{managed.namespace}/segmentation/labels") == 1
     assert managed.camera.get_subscription_count() == 0  # no input until activate
     _diagnostics_state(managed, "inactive")
