@@ -126,3 +126,20 @@ def test_bad_options_are_named_before_any_file_is_opened(options: dict, message:
     assert options_problem({"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "channel_order": "bgr",
                             "input_size": [512, 1024], "output": "labels", "classes": ["a", "b"],
                             "palette": [0, 0, 0, 255, 255, 255]}) is None
+
+
+def test_the_tensorrt_engine_of_a_file_is_keyed_by_its_content_and_built_for_its_input(tmp_path: Path) -> None:
+    """What can be checked without a GPU: the cache key and the provider's optimisation profile."""
+    from seg_perception.backends.cache import file_sha256
+    from seg_perception.backends.onnx_model import load_onnx_model, tensorrt_key, tensorrt_providers
+
+    path = export(TinySeg(classes=4), tmp_path / "tiny.onnx", (32, 48), dynamic=False, input_name="pixels")
+    contract = load_onnx_model(EngineConfig(model="onnx", weights=str(path), device="cpu")).contract
+    key = tensorrt_key(contract, {}, file_sha256(path), torch.device("cpu"), fp16=True)
+    digest = f"file:{file_sha256(path)}"
+    assert (key.kind, key.model, key.input_size, key.weights) == ("tensorrt", "onnx", "32x48", digest)
+    assert "fp16=True" in key.extra and tensorrt_key(contract, {}, "other", torch.device("cpu"), True) != key
+    name, options = tensorrt_providers(contract, tmp_path / "engines", fp16=True)[0]
+    assert name == "TensorrtExecutionProvider" and options["trt_fp16_enable"]
+    assert options["trt_profile_min_shapes"] == options["trt_profile_max_shapes"] == "pixels:1x3x32x48"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "engines")
