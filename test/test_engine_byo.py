@@ -17,11 +17,14 @@ from byo_support import (
     TinySeg,
     export,
     frame,
+    graph_file,
     identity_labels,
     identity_network,
     nearest,
     reference_labels,
+    tensor,
 )
+from onnx import helper, numpy_helper
 
 from seg_perception.backends.onnx_contract import OnnxContractError
 from seg_perception.backends.onnx_model import OnnxFileModel, load_onnx_model, onnx_reference_config
@@ -117,6 +120,7 @@ def test_a_fixed_batch_larger_than_one_is_filled_and_padded(tmp_path: Path) -> N
     assert runs == [(2, 3, 32, 48)] * 2
     for image, result in zip(images, results, strict=True):
         assert np.array_equal(result.labels, reference_labels(model, image, (32, 48)))
+    assert engine._forward(torch.zeros(3, 3, 32, 48)).shape == (3, 4, 16, 24)  # N in, N out: padding dropped
 
 
 @pytest.mark.parametrize("keepdim", [False, True])
@@ -182,6 +186,40 @@ def test_probabilities_give_the_confidence_directly_and_logits_through_softmax(t
     assert np.array_equal(as_logits.labels, expected_labels)
     assert np.abs(as_logits.confidence.astype(float) - softmaxed).max() <= 1
     assert np.abs(softmaxed - expected).mean() > 5
+
+
+def test_the_crf_refines_probabilities_as_it_refines_the_logits_they_come_from(tmp_path: Path) -> None:
+    """log(softmax(z)) differs from z by one constant per pixel: the same CRF result."""
+    image = frame(32, 48, seed=12)
+    logits = export(TinySeg(classes=4, seed=13), tmp_path / "logits.onnx", (32, 48), dynamic=True)
+    probs = export(TinySeg(classes=4, seed=13, output="probabilities"), tmp_path / "probs.onnx", (32, 48),
+                   dynamic=True)
+    from_logits = _engine(logits, crf="cpu").infer(image, ALL)
+    from_probs = _engine(probs, crf="cpu", model_options={"output": "probabilities"}).infer(image, ALL)
+    plain = _engine(logits).infer(image).labels
+    assert (from_logits.labels != plain).mean() > 0.01  # the CRF changes the labels
+    assert _agreement(from_probs.labels, from_logits.labels) >= 0.999
+    # (scores are upsampled before the CRF: bilinear on probabilities is not bilinear on logits)
+    assert np.abs(from_probs.confidence.astype(int) - from_logits.confidence.astype(int)).mean() <= 1
+
+
+def test_a_float_label_map_is_rounded_to_class_ids(tmp_path: Path) -> None:
+    """(N, 1, H, W) float labels, as some exporters cast them: 4 * red + 0.4, rounded."""
+    scale = numpy_helper.from_array(np.array(4.0, np.float32), "scale")
+    offset = numpy_helper.from_array(np.array(0.4, np.float32), "offset")
+    starts, ends, axes = (numpy_helper.from_array(np.array([v], np.int64), n)
+                          for v, n in ((0, "starts"), (1, "ends"), (1, "axes")))
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["red"]),
+             helper.make_node("Mul", ["red", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "offset"], ["y"])]
+    path = graph_file(tmp_path / "float_labels.onnx", nodes, [tensor("x", ["n", 3, "h", "w"])],
+                      [tensor("y", ["n", 1, "h", "w"])], initializers=[scale, offset, starts, ends, axes])
+    engine = _engine(path, model_options={"output": "labels", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                                          "classes": ["a", "b", "c", "d", "e"]})
+    image = frame(32, 48, seed=14)
+    expected = np.round(4.0 * image[..., 0].astype(np.float32) / 255.0 + 0.4).astype(np.uint8)
+    assert len(np.unique(expected)) >= 3 and (np.floor(4.0 * image[..., 0] / 255.0 + 0.4) != expected).any()
+    assert _agreement(engine.infer(image).labels, expected) >= 0.999
 
 
 def test_a_bgr_network_is_fed_bgr(tmp_path: Path) -> None:
