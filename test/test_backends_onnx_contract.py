@@ -143,3 +143,29 @@ def test_the_tensorrt_engine_of_a_file_is_keyed_by_its_content_and_built_for_its
     assert name == "TensorrtExecutionProvider" and options["trt_fp16_enable"]
     assert options["trt_profile_min_shapes"] == options["trt_profile_max_shapes"] == "pixels:1x3x32x48"
     assert options["trt_engine_cache_path"] == str(tmp_path / "engines")
+
+
+def test_the_tensorrt_engine_folder_is_cached_found_again_and_rebuilt_once_when_it_disagrees(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT cache logic run on the CPU: ONNX Runtime without the TensorRT provider falls
+    back to the CPU provider, so only the provider check is lifted."""
+    from seg_perception.backends import onnx_model
+    from seg_perception.backends import tensorrt_backend as trt
+    from seg_perception.backends.parity import ParityReport
+
+    monkeypatch.setattr(trt, "_require_tensorrt_provider", lambda network: None)
+    path = export(TinySeg(classes=4), tmp_path / "tiny.onnx", (32, 48), dynamic=False)
+    config = EngineConfig(model="onnx", weights=str(path), device="cpu", cache_dir=str(tmp_path / "cache"))
+    model = onnx_model.load_onnx_model(config)
+    cpu = torch.device("cpu")
+    network = onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
+    assert "probe vs CPU fp32: label agreement 100.0 %" in network.origin and network.release_size == (32, 48)
+    folders = [p for p in (tmp_path / "cache" / "tensorrt").iterdir() if p.is_dir()]
+    assert len(folders) == 1 and (folders[0].parent / (folders[0].name + ".json")).exists()
+    onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
+    assert [p for p in (tmp_path / "cache" / "tensorrt").iterdir() if p.is_dir()] == folders
+    failing = iter([ParityReport(0.1, 0.0, 100)])
+    real_probe = onnx_model._probe
+    monkeypatch.setattr(onnx_model, "_probe", lambda net, m: next(failing, None) or real_probe(net, m))
+    network = onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
+    assert "label agreement 100.0 %" in network.origin  # evicted, rebuilt, then agreed

@@ -309,13 +309,15 @@ def _tensorrt_network(model: OnnxFileModel, config: Any, device: torch.device, f
                       digest: str) -> OnnxFileNetwork:
     """TensorRT through ONNX Runtime, its engine built once per file, size, GPU and precision and
     cached (built ahead at start-up when the size is known; per new shape otherwise)."""
-    from .tensorrt_backend import _checked
-
     contract = model.contract
     cache = ArtifactCache(config.cache_dir or None, config.cache_max_mb)
+
+    def serve(engine_dir: Path | None) -> OnnxFileNetwork:
+        providers = cuda_providers(device, tensorrt_providers(contract, engine_dir, fp16))
+        return _checked_tensorrt(_open(contract, device, providers), model, fp16)
+
     if not cache.enabled:
-        network = _open(contract, device, cuda_providers(device, tensorrt_providers(contract, None, fp16)))
-        return _checked_tensorrt(network, model, fp16, contract, _checked)
+        return serve(None)
     key = tensorrt_key(contract, dict(config.model_options), digest, device, fp16)
 
     def build(folder: Path) -> None:
@@ -326,21 +328,22 @@ def _tensorrt_network(model: OnnxFileModel, config: Any, device: torch.device, f
             built = _open(contract, device, cuda_providers(device, tensorrt_providers(contract, folder, fp16)))
             built(torch.zeros(contract.graph.batch or 1, 3, *contract.run_size, device=device))
 
-    for attempt in range(2):
-        engine_dir = cache.lookup(key, "") or cache.store(key, "", build)
-        try:
-            network = _open(contract, device, cuda_providers(device, tensorrt_providers(contract, engine_dir, fp16)))
-            return _checked_tensorrt(network, model, fp16, contract, _checked)
-        except BackendError as exc:
-            if attempt or contract.run_size is None:
-                raise
-            cache.evict(engine_dir, str(exc))  # a stale or foreign engine: rebuild once
-    raise AssertionError("unreachable")
+    engine_dir = cache.lookup(key, "") or cache.store(key, "", build)
+    try:
+        return serve(engine_dir)
+    except BackendError as exc:
+        if contract.run_size is None:
+            raise
+        cache.evict(engine_dir, str(exc))  # a stale or foreign engine: rebuild once
+    return serve(cache.store(key, "", build))
 
 
-def _checked_tensorrt(network: OnnxFileNetwork, model: OnnxFileModel, fp16: bool, contract: OnnxContract,
-                      checked: Any) -> OnnxFileNetwork:
-    checked(network, fp16, contract.run_size)
+def _checked_tensorrt(network: OnnxFileNetwork, model: OnnxFileModel, fp16: bool) -> OnnxFileNetwork:
+    """The TensorRT provider really in use, and (for a fixed size) labels that agree with the CPU."""
+    from .tensorrt_backend import _checked
+
+    contract = model.contract
+    _checked(network, fp16, contract.run_size)
     if contract.run_size is not None:  # without a fixed size the probe would build an engine for its shape
         report = _probe(network, model)
         if not report.passed(CACHE_MIN_AGREEMENT):
