@@ -20,3 +20,9 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 #: for every registered model's ONNX export (RegSeg 13 MB ... HRNet-OCR 280 MB) at a few sizes and
 #: their TensorRT engines. 0 = nothing is written to disk (exports are rebuilt in memory per start).
 DEFAULT_CACHE_MAX_MB = 2048
+
+#: ``model: onnx``: serve a segmentation network given as an ONNX file (``weights``) instead of a
+#: registered architecture; its contract is read by :mod:`seg_perception.backends.onnx_contract`.
+ONNX_MODEL = "onnx"
+#: What the output of such a network holds: class scores, class probabilities, or class ids.
+ONNX_OUTPUTS = ("logits", "probabilities", "labels")

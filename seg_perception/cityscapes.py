@@ -65,3 +65,11 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     for train_id, label_id in TRAIN_ID_TO_LABEL_ID.items():
         lut[train_id] = label_id
     return lut[train_ids.astype(np.uint8, copy=False)]
+
+
+def palette_for(num_classes: int) -> np.ndarray:
+    """The Cityscapes palette for up to 19 classes; a deterministic extension for more."""
+    if num_classes <= len(PALETTE):
+        return PALETTE[:num_classes]
+    extra = np.random.default_rng(0).integers(0, 256, (num_classes - len(PALETTE), 3), dtype=np.uint8)
+    return np.concatenate([PALETTE, extra])

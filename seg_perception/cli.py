@@ -27,6 +27,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                 params = count_parameters(build_model(name, args.num_classes, variant))
             default = " (default)" if variant == entry.default_variant else ""
             print(f"{name:<15} {variant + default:<28} {params:>12,}  {entry.description}")
+    print(f"{'onnx':<15} {'(weights: FILE.onnx)':<28} {'-':>12}  any segmentation network exported to ONNX "
+          "(README: Bring your own network)")
     return 0
 
 

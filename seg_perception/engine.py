@@ -51,7 +51,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,8 +60,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends import build_network, resolve_backend
-from .choices import COMPILE_MODES, DEVICES, PRECISIONS
-from .cityscapes import CLASS_NAMES, PALETTE
+from .choices import COMPILE_MODES, DEVICES, ONNX_MODEL, PRECISIONS
+from .cityscapes import CLASS_NAMES, palette_for
 from .engine_api import (
     QUEUE,
     STAGES,
@@ -295,11 +295,17 @@ class SegmentationEngine:
         self.model.eval().to(self.device, self.dtype)
         if self._cuda:
             self.model.to(memory_format=torch.channels_last)
-        self.num_parameters = count_parameters(self.model)
+        # model: onnx - what the file's contract fixes: the size it runs at, what its output holds.
+        if (run_size := getattr(self.model, "run_size", None)) is not None:
+            self.config = config = replace(config, inference_size=run_size)
+        #: What the network outputs: logits (every registered model), probabilities or labels.
+        self.output_kind: str = getattr(self.model, "output_kind", "logits")
+        self.num_parameters = int(getattr(self.model, "parameter_count", None) or count_parameters(self.model))
         self.crf = self._build_crf(config)
         #: How frames are normalised for the network: given in the configuration, else the model
         #: registry entry's (the data its weights were trained with).
-        self.normalization: Normalization = config.normalization or normalization_for(config.model, config.variant)
+        self.normalization: Normalization = config.normalization or (
+            self.model.normalization if config.model == ONNX_MODEL else normalization_for(config.model, config.variant))
         self._bgr = self.normalization.channel_order == "bgr"
         self._mean = torch.tensor(self.normalization.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.normalization.std, device=self.device).view(1, 3, 1, 1) * 255.0
@@ -307,12 +313,15 @@ class SegmentationEngine:
         #: Class names and colours of the label ids: those recorded in the checkpoint (a model
         #: trained on a custom class set), else Cityscapes'. The node publishes them.
         self.class_names, self.palette = labels or (_class_names_for(config.num_classes),
-                                                    _palette_for(config.num_classes))
-        self._palette = torch.from_numpy(self.palette).to(self.device)
+                                                    palette_for(config.num_classes))
+        # 256 rows: a label output's ids outside the classes are 255, drawn black.
+        self._palette = torch.zeros((256, 3), dtype=torch.uint8)
+        self._palette[: len(self.palette)] = torch.from_numpy(self.palette[:256])
+        self._palette = self._palette.to(self.device)
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
-        self.backend = resolve_backend(config.backend, self.device, config.compile, model is not None)
+        self.backend = resolve_backend(config.backend, self.device, config.compile, model is not None, config.model)
         self._forward = self._compiled_model(config)
         self._preparer = Preparer(f"seg-engine-prepare-{id(self):x}")
         self._compiled_shapes = PreparedCache(
@@ -326,6 +335,10 @@ class SegmentationEngine:
 
     @staticmethod
     def _build_model(config: EngineConfig) -> nn.Module:
+        if config.model == ONNX_MODEL:
+            from .backends.onnx_model import load_onnx_model
+
+            return load_onnx_model(config)
         model = build_model(config.model, config.num_classes, config.variant or None, **config.model_options)
         if config.weights:
             load_checkpoint(model, config.weights)
@@ -363,7 +376,18 @@ class SegmentationEngine:
             "compile": self.config.compile,
             "backend": self.backend if self.backend == "torch" else self._forward.name,
             **artifact,
+            **self._contract_description(),
         }
+
+    def _contract_description(self) -> dict[str, Any]:
+        """model: onnx - the file's contract, and why no confidence comes from a labels output."""
+        contract = getattr(self.model, "contract", None)
+        if contract is None:
+            return {}
+        extra = {"contract": contract.summary(), "output": self.output_kind}
+        if self.output_kind == "labels":
+            extra["confidence"] = "not available: the network outputs labels"
+        return extra
 
     @property
     def asynchronous(self) -> bool:
@@ -758,25 +782,14 @@ class SegmentationEngine:
         want_color, want_overlay, want_confidence = flags
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
         oversize = self._oversize(height, width)
-        post = working_size(height, width, self.config.max_inference_pixels)
-        if tuple(logits.shape[-2:]) != post:
-            logits = F.interpolate(logits, size=post, mode="bilinear", align_corners=False)
         out: dict[str, torch.Tensor] = {}
-        if self.crf is not None:
-            crf_rgb = _resize_uint8(rgb.permute(2, 0, 1).unsqueeze(0), post)[0].permute(1, 2, 0) if oversize else rgb
-            probs = self.crf(logits, crf_rgb.contiguous())  # refined marginals, already normalised
-        elif want_confidence:
-            probs = torch.softmax(logits.float(), dim=1)
+        if self.output_kind == "labels":
+            # model: onnx with the argmax in the graph: class ids, resized nearest; an id outside
+            # the classes becomes 255 (no class). No scores: no confidence, no CRF.
+            ids = logits[:, 0]
+            labels = torch.where((ids >= 0) & (ids < len(self.class_names)), ids, 255)
         else:
-            probs = None
-        if probs is None:
-            # max().indices equals argmax (first maximum wins) and is ~5x faster on the CPU,
-            # where argmax over the channel dim of NCHW is not vectorised.
-            labels = logits.max(dim=1).indices
-        else:
-            confidence, labels = probs.max(dim=1)
-            if want_confidence:
-                out["confidence"] = _nearest(((confidence[0] * 255.0).round().to(torch.uint8)), height, width)
+            labels = self._score_labels(logits, rgb, oversize, want_confidence, out)
         labels = _nearest(labels[0].to(torch.uint8), height, width)
         out["labels"] = labels
         if want_color or want_overlay:
@@ -786,6 +799,32 @@ class SegmentationEngine:
             if want_overlay:
                 out["overlay"] = _blend(rgb, color, alpha, BLEND_BAND_ROWS if oversize else height)
         return out
+
+    def _score_labels(self, scores: torch.Tensor, rgb: torch.Tensor, oversize: bool, want_confidence: bool,
+                      out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Labels (1 x h x w at the working size) from class scores - logits, or probabilities
+        (``model: onnx``) - after the CRF; the confidence goes into ``out`` when wanted."""
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        post = working_size(height, width, self.config.max_inference_pixels)
+        if tuple(scores.shape[-2:]) != post:
+            scores = F.interpolate(scores, size=post, mode="bilinear", align_corners=False)
+        if self.crf is not None:
+            crf_rgb = _resize_uint8(rgb.permute(2, 0, 1).unsqueeze(0), post)[0].permute(1, 2, 0) if oversize else rgb
+            # The CRF takes logits; log-probabilities are logits of the same softmax.
+            logits = scores if self.output_kind == "logits" else scores.float().clamp_min(1e-12).log()
+            probs = self.crf(logits, crf_rgb.contiguous())  # refined marginals, already normalised
+        elif want_confidence:
+            probs = torch.softmax(scores.float(), dim=1) if self.output_kind == "logits" else scores.float()
+        else:
+            probs = None
+        if probs is None:
+            # max().indices equals argmax (first maximum wins) and is ~5x faster on the CPU,
+            # where argmax over the channel dim of NCHW is not vectorised.
+            return scores.max(dim=1).indices
+        confidence, labels = probs.max(dim=1)
+        if want_confidence:
+            out["confidence"] = _nearest(((confidence[0] * 255.0).round().to(torch.uint8)), height, width)
+        return labels
 
 
 def _capture_graph(fn: Callable[[], Any], pool: Any) -> tuple[Any, Any]:
@@ -889,11 +928,3 @@ _MALLOC_TRIM: Any = None
 def _class_names_for(num_classes: int) -> tuple[str, ...]:
     """Cityscapes' names for 19 classes; ``class_<i>`` beyond them."""
     return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(num_classes))
-
-
-def _palette_for(num_classes: int) -> np.ndarray:
-    """The Cityscapes palette for 19 classes; a deterministic extension for other counts."""
-    if num_classes <= len(PALETTE):
-        return PALETTE[:num_classes]
-    extra = np.random.default_rng(0).integers(0, 256, (num_classes - len(PALETTE), 3), dtype=np.uint8)
-    return np.concatenate([PALETTE, extra])

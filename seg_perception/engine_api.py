@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, PRECISIONS
+from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, ONNX_MODEL, PRECISIONS
 from .normalization import Normalization, NormalizationError
 
 #: Work stages in pipeline order. Each figure is the stage's own time, waiting excluded:
@@ -113,7 +113,24 @@ class EngineConfig:
                 self.normalization.validate()
             except NormalizationError as exc:
                 raise EngineConfigError(f"normalization: {exc}") from None
+        if self.model == ONNX_MODEL:
+            self._check_onnx_model()
         self._check_machine()
+
+    def _check_onnx_model(self) -> None:
+        """``model: onnx``: a file to serve, a backend that runs ONNX, the contract's options."""
+        from .backends.onnx_contract import options_problem
+
+        if not self.weights:
+            raise EngineConfigError("model onnx needs weights: the path of the network's .onnx file")
+        if self.backend == "torch":
+            raise EngineConfigError("backend torch cannot run model onnx: an ONNX file runs on ONNX Runtime; use "
+                                    "backend onnxruntime (CPU or CUDA), tensorrt (CUDA) or auto")
+        if self.compile != "none":
+            raise EngineConfigError(f"compile {self.compile} compiles PyTorch models; model onnx runs on ONNX "
+                                    "Runtime, which optimises the graph itself: use compile none")
+        if (problem := options_problem(self.model_options)) is not None:
+            raise EngineConfigError(f"model_options: {problem}")
 
     def _check_machine(self) -> None:
         """What depends on this machine: a CUDA device, the backend's packages and providers."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, PRECISIONS
+from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, ONNX_MODEL, PRECISIONS
 from .cityscapes import CLASS_NAMES, PALETTE
 from .engine_api import DEFAULT_MAX_INFERENCE_PIXELS, MIN_INFERENCE_PIXELS, EngineConfig, EngineConfigError
 from .image_conversion import DEFAULT_MAX_PIXELS
@@ -43,6 +43,9 @@ MAX_CLASSES = 255
 #: Bounds of a ``model_options``/``crf_options`` mapping: flat options with scalar or short-list values.
 MAX_OPTION_KEYS = 32
 MAX_OPTION_LIST = 64
+#: ``model: onnx``'s ``classes`` and ``palette`` (flat r, g, b) lists: up to 255 classes.
+LABEL_OPTIONS = ("classes", "palette")
+MAX_LABEL_OPTION_LIST = 3 * MAX_CLASSES
 MAX_OPTION_STRING = 256
 #: Most folders ``weights_dirs`` may list.
 MAX_WEIGHTS_DIRS = 32
@@ -111,10 +114,11 @@ def _option_value_problem(key: str, value: Any) -> str | None:
 
     if scalar(value):
         return None
-    if isinstance(value, list) and len(value) <= MAX_OPTION_LIST and all(scalar(x) for x in value):
+    limit = MAX_LABEL_OPTION_LIST if key in LABEL_OPTIONS else MAX_OPTION_LIST
+    if isinstance(value, list) and len(value) <= limit and all(scalar(x) for x in value):
         return None
     return (f"option {bounded_repr(key, 60)} must be a number, bool, short string or a flat list of at most "
-            f"{MAX_OPTION_LIST} of them")
+            f"{limit} of them")
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -201,14 +205,19 @@ def _model_name(v: str) -> str | None:
     from .models import list_models
 
     models = list_models()
-    return None if v in models else f"{bounded_repr(v)} is not a registered model; valid models: {', '.join(models)}"
+    if v in models or v == ONNX_MODEL:
+        return None
+    return (f"{bounded_repr(v)} is not a registered model; valid models: {', '.join(models)}, or {ONNX_MODEL} "
+            "(weights: an .onnx file)")
 
 
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "regseg", "Architecture name from the registry (`seg-perception models`).",
+    ParamSpec("model", "regseg", "Architecture name from the registry (`seg-perception models`), or onnx: "
+              "serve the ONNX file given as weights (see 'Bring your own network' in the README).",
               validate=_model_name, reload=True),
     ParamSpec("variant", "", "Architecture variant; empty = the model's default variant.", reload=True),
-    ParamSpec("weights", "", "Checkpoint file; empty = random weights (labels meaningless, logged loudly).",
+    ParamSpec("weights", "", "Checkpoint file (the .onnx file with model onnx); empty = random weights "
+              "(labels meaningless, logged loudly).",
               validate=_weights, reload=True),
     ParamSpec("weights_dirs", [],
               "Folders a runtime change of weights may load checkpoints from (set at launch only); empty = "
@@ -217,7 +226,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("num_classes", 19, "Number of classes the model predicts (19 = Cityscapes train ids; at most 255: "
               "labels are mono8).", validate=_in_range(1, MAX_CLASSES), range=(1, MAX_CLASSES), reload=True),
     ParamSpec("model_options", "{}",
-              "Builder options as a YAML mapping, e.g. '{scales: [0.5, 1.0], align_corners: false}'.",
+              "Builder options as a YAML mapping, e.g. '{scales: [0.5, 1.0], align_corners: false}'; with model "
+              "onnx the file's contract: mean, std, channel_order, input_size, output, classes, palette.",
               validate=_yaml_mapping, reload=True),
     ParamSpec("device", "auto", "auto | cuda | cpu.", validate=_choice(*DEVICES), reload=True),
     ParamSpec("precision", "auto", "auto | fp16 | fp32: auto = fp16 on CUDA, fp32 on the CPU; fp16 needs CUDA.",
@@ -509,8 +519,39 @@ def validate_params(values: Mapping[str, Any]) -> list[str]:
 
 
 def _engine_problems(values: Mapping[str, Any]) -> list[str]:
-    """Model/variant/options against the registry, and device/precision/size combinations."""
+    """Model/variant/options against the registry (or the ONNX contract's options), and
+    device/precision/size combinations."""
     from .crf import CRFConfig, CRFConfigError
+
+    problems = _onnx_model_problems(values) if values["model"] == ONNX_MODEL else _registry_problems(values)
+    if problems:
+        return problems
+    try:
+        CRFConfig(mode=values["crf"], **parse_options(values["crf_options"])).validate()
+    except TypeError as exc:  # an unknown option name
+        return [bounded(f"crf_options: {exc}".replace("CRFConfig.__init__() ", ""))]
+    except CRFConfigError as exc:
+        return [bounded(f"crf_options: {exc}")]
+    try:
+        engine_config(values).validate()
+    except EngineConfigError as exc:
+        return [bounded(exc)]
+    return []
+
+
+def _onnx_model_problems(values: Mapping[str, Any]) -> list[str]:
+    """``model: onnx``: a file to serve and the contract's options (the file itself is read when
+    the engine loads: a set request does not open files)."""
+    from .backends.onnx_contract import options_problem
+
+    if not values["weights"]:
+        return [f"model {ONNX_MODEL} needs weights: the path of the network's .onnx file"]
+    problem = options_problem(parse_options(values["model_options"]))
+    return [bounded(f"model_options: {problem}")] if problem else []
+
+
+def _registry_problems(values: Mapping[str, Any]) -> list[str]:
+    """A registered model: name, variant and builder options (names and value kinds)."""
     from .models.registry import ModelConfigError, model_option_defaults, resolve
 
     try:
@@ -527,16 +568,6 @@ def _engine_problems(values: Mapping[str, Any]) -> list[str]:
         problem = _option_type_problem(value, defaults_[key])
         if problem:
             return [bounded(f"model_options: {key} {problem}")]
-    try:
-        CRFConfig(mode=values["crf"], **parse_options(values["crf_options"])).validate()
-    except TypeError as exc:  # an unknown option name
-        return [bounded(f"crf_options: {exc}".replace("CRFConfig.__init__() ", ""))]
-    except CRFConfigError as exc:
-        return [bounded(f"crf_options: {exc}")]
-    try:
-        engine_config(values).validate()
-    except EngineConfigError as exc:
-        return [bounded(exc)]
     return []
 
 

@@ -85,3 +85,21 @@ def launch_sources() -> list[str]:
     from ros_native_support import launch_pythonpath
 
     return launch_pythonpath()
+
+
+# -- networks that are not in the registry, exported to ONNX once per session (byo_support.py) ------
+@pytest.fixture(scope="session")
+def byo_networks(tmp_path_factory: pytest.TempPathFactory):
+    """torchvision's LR-ASPP MobileNetV3 exported at a fixed 256x256 and DeepLabV3-MobileNetV3 with
+    dynamic size (random weights), with the PyTorch modules the reference labels come from."""
+    from types import SimpleNamespace
+
+    from byo_support import export, torchvision_network
+
+    folder = tmp_path_factory.mktemp("byo")
+    lraspp, deeplabv3 = torchvision_network("lraspp"), torchvision_network("deeplabv3", seed=1)
+    return SimpleNamespace(
+        folder=folder, lraspp=lraspp, deeplabv3=deeplabv3,
+        lraspp_path=export(lraspp, folder / "lraspp_256.onnx", (256, 256), dynamic=False),
+        deeplabv3_path=export(deeplabv3, folder / "deeplabv3_dynamic.onnx", (64, 96), dynamic=True),
+    )

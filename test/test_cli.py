@@ -19,6 +19,7 @@ def test_models_lists_every_variant_with_parameter_count(capsys) -> None:
     for name in ("deeplabv3plus", "refinenet", "deeplabv1", "hrnet_ocr"):
         assert any(line.startswith(name) for line in lines), name
     assert f"{count_parameters(build_model('regseg', variant='exp53_decoder29')):,}" in out
+    assert lines[-1].startswith("onnx") and "weights: FILE.onnx" in lines[-1]
 
 
 def test_bench_prints_table_and_writes_json(tmp_path, capsys) -> None:

@@ -14,6 +14,9 @@ labels, bench/backends.py) for models the engine builds from the registry with `
 and to ``torch`` on CUDA (fp16 with CUDA graphs needs no export) and for a model object handed to
 the engine directly (tests and tools that hook into the torch module). If the automatic export
 fails, ``auto`` logs why and runs PyTorch; an explicit backend fails instead.
+
+``model: onnx`` (a network given as an ONNX file, :mod:`.onnx_model`) has no PyTorch model:
+``auto`` is ``onnxruntime`` on every device, nothing is exported, and there is no fallback.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import ONNX_MODEL
 from ..normalization import Normalization
 from .base import BACKENDS, BackendError, ExportError, Network
 from .cache import ArtifactCache, default_cache_dir
@@ -78,10 +82,13 @@ def backend_problem(backend: str, device: str, compile_mode: str) -> str | None:
     return None
 
 
-def resolve_backend(backend: str, device: torch.device, compile_mode: str, injected_model: bool) -> str:
+def resolve_backend(backend: str, device: torch.device, compile_mode: str, injected_model: bool,
+                    model: str = "") -> str:
     """The concrete backend for ``auto`` (see the module docstring); others unchanged."""
     if backend != "auto":
         return backend
+    if model == ONNX_MODEL:
+        return "onnxruntime"
     if device.type != "cpu" or compile_mode != "none" or injected_model or _ort_providers() is None:
         return "torch"
     return "onnxruntime"
@@ -98,6 +105,10 @@ def build_network(
     applies (recorded in the export). With ``requested == "auto"`` a failed export falls back to
     the torch model with a warning; an explicit backend raises :class:`BackendError`/:class:`ExportError`.
     """
+    if config.model == ONNX_MODEL:  # the file is the network: nothing to export, nothing to fall back to
+        from .onnx_model import build_onnx_file_network
+
+        return backend, build_onnx_file_network(model, config, device, precision, backend)  # type: ignore[arg-type]
     spec = ExportSpec(
         model=getattr(model, "model_name", config.model), variant=getattr(model, "variant", config.variant or ""),
         num_classes=config.num_classes, options=dict(config.model_options),

@@ -19,6 +19,7 @@ import torch
 
 from .. import params as P
 from ..benchmark import machine_info
+from ..choices import ONNX_MODEL
 from ..engine import resolve_device
 from .bag_io import GT_TOPIC, IMAGE_TOPIC
 from .drives.local import RunOutcome, run_local
@@ -53,6 +54,16 @@ def resolve_params(config: str | None = None, **overrides: Any) -> dict[str, Any
 def check_model_classes(num_classes: int) -> None:
     if num_classes != NUM_CLASSES:
         raise ValueError(f"Cityscapes evaluation needs a 19-class model (train ids); num_classes is {num_classes}")
+
+
+def model_classes(values: dict[str, Any]) -> int:
+    """How many classes the evaluated model predicts: ``num_classes``, or for ``model: onnx`` what
+    the file's network outputs (the file is loaded and checked here, before any drive is read)."""
+    if values["model"] != ONNX_MODEL:
+        return int(values["num_classes"])
+    from ..backends.onnx_model import load_onnx_model
+
+    return load_onnx_model(P.engine_config(values)).num_classes
 
 
 @dataclass
@@ -138,7 +149,7 @@ def _evaluate(options: EvalOptions, values: dict[str, Any],
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {options.mode!r}")
     if options.chunk_frames < 0:
         raise ValueError(f"--chunk-frames must be >= 0, got {options.chunk_frames}")
-    check_model_classes(int(values["num_classes"]))
+    check_model_classes(model_classes(values))
     drives = options.drive_list()
     live = options.mode == "live"
     if live and (len(drives) != 1 or options.ray is not None or options.chunk_frames):

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from ..cityscapes import IGNORE_INDEX
 from ..evaluation.cityscapes_folder import CityscapesPair, find_pairs, read_pair, write_pair
 from ..image_conversion import ImageRejected
-from ..normalization import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import IMAGENET, Normalization
 from .labels import LabelMapping
 
 SCALE_RANGE = (0.5, 2.0)
@@ -147,16 +147,26 @@ def load_sample(sample: Sample, mapping: LabelMapping) -> tuple[np.ndarray, np.n
     return rgb, mapping.apply(label_ids, str(sample.gt))
 
 
-def normalize(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float 3xHxW with the ImageNet statistics the engine uses at inference."""
-    mean = np.array(IMAGENET_MEAN, np.float32) * 255.0
-    std = np.array(IMAGENET_STD, np.float32) * 255.0
+def normalize(rgb: np.ndarray, normalization: Normalization = IMAGENET) -> torch.Tensor:
+    """uint8 HxWx3 RGB -> float 3xHxW as the engine feeds the model at inference: channels in the
+    model's order, ``(x/255 - mean) / std`` with the model registry entry's statistics."""
+    if normalization.channel_order == "bgr":
+        rgb = rgb[..., ::-1]
+    mean = np.array(normalization.mean, np.float32) * 255.0
+    std = np.array(normalization.std, np.float32) * 255.0
     return torch.from_numpy(((rgb.astype(np.float32) - mean) / std).transpose(2, 0, 1).copy())
 
 
+def pad_colour(normalization: Normalization) -> tuple[int, ...]:
+    """The RGB colour that normalises to zero: what padding of a crop is filled with."""
+    mean = normalization.mean[::-1] if normalization.channel_order == "bgr" else normalization.mean
+    return tuple(int(round(m * 255)) for m in mean)
+
+
 def augment(rgb: np.ndarray, labels: np.ndarray, crop: tuple[int, int],
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random scale, pad with the ignore label, random crop, random horizontal flip."""
+            rng: np.random.Generator, normalization: Normalization = IMAGENET) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale, pad (the image with the model's mean, the labels with the ignore label),
+    random crop, random horizontal flip."""
     scale = rng.uniform(*SCALE_RANGE)
     height, width = labels.shape
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -165,8 +175,7 @@ def augment(rgb: np.ndarray, labels: np.ndarray, crop: tuple[int, int],
     ch, cw = crop
     pad_h, pad_w = max(ch - labels.shape[0], 0), max(cw - labels.shape[1], 0)
     if pad_h or pad_w:
-        mean = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
-        rgb = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=mean)
+        rgb = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=pad_colour(normalization))
         labels = cv2.copyMakeBorder(labels, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
     y = int(rng.integers(labels.shape[0] - ch + 1))
     x = int(rng.integers(labels.shape[1] - cw + 1))
@@ -177,10 +186,13 @@ def augment(rgb: np.ndarray, labels: np.ndarray, crop: tuple[int, int],
 
 
 class AugmentedCrops(Dataset):
-    """Sample ``k`` is an augmented crop of a frame; both chosen by ``numpy`` RNG ``(seed, k)``."""
+    """Sample ``k`` is an augmented crop of a frame; both chosen by ``numpy`` RNG ``(seed, k)``;
+    normalised as the model's registry entry says (``normalization``)."""
 
-    def __init__(self, samples: Sequence[Sample], mapping: LabelMapping, crop: tuple[int, int], seed: int) -> None:
+    def __init__(self, samples: Sequence[Sample], mapping: LabelMapping, crop: tuple[int, int], seed: int,
+                 normalization: Normalization = IMAGENET) -> None:
         self.samples, self.mapping, self.crop, self.seed = list(samples), mapping, crop, seed
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return 2**62  # indexed by global sample number, never exhausted
@@ -189,19 +201,20 @@ class AugmentedCrops(Dataset):
         rng = np.random.default_rng((self.seed, k))
         sample = self.samples[int(rng.integers(len(self.samples)))]
         rgb, labels = load_sample(sample, self.mapping)
-        rgb, labels = augment(rgb, labels, self.crop, rng)
-        return normalize(rgb), torch.from_numpy(labels.astype(np.int64))
+        rgb, labels = augment(rgb, labels, self.crop, rng, self.normalization)
+        return normalize(rgb, self.normalization), torch.from_numpy(labels.astype(np.int64))
 
 
 class Frames(Dataset):
-    """Whole frames, unaugmented (validation)."""
+    """Whole frames, unaugmented (validation), normalised like :class:`AugmentedCrops`."""
 
-    def __init__(self, samples: Sequence[Sample], mapping: LabelMapping) -> None:
-        self.samples, self.mapping = list(samples), mapping
+    def __init__(self, samples: Sequence[Sample], mapping: LabelMapping,
+                 normalization: Normalization = IMAGENET) -> None:
+        self.samples, self.mapping, self.normalization = list(samples), mapping, normalization
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rgb, labels = load_sample(self.samples[i], self.mapping)
-        return normalize(rgb), torch.from_numpy(labels.astype(np.int64))
+        return normalize(rgb, self.normalization), torch.from_numpy(labels.astype(np.int64))

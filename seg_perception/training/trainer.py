@@ -34,9 +34,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..choices import ONNX_MODEL
 from ..cityscapes import IGNORE_INDEX
 from ..evaluation.metrics import ConfusionMatrix, class_iou
-from ..models import build_model
+from ..models import build_model, normalization_for
 from ..models.checkpoint import (
     CHECKPOINT_FORMAT,
     ClassCountMismatchError,
@@ -45,6 +46,7 @@ from ..models.checkpoint import (
     read_checkpoint,
     resolve_weights,
 )
+from ..text import bounded_repr
 from . import distributed
 from .data import AugmentedCrops, Frames, Sample, check_samples, collect_samples
 from .labels import LabelMapping, cityscapes_mapping, load_label_mapping
@@ -115,6 +117,17 @@ class TrainConfig:
             raise TrainConfigError(f"warmup must be in 0..iterations-1, got {self.warmup}")
         if self.init and self.resume:
             raise TrainConfigError("--init and --resume exclude each other (a resumed run has its weights)")
+        if self.model == ONNX_MODEL:
+            raise TrainConfigError(
+                "train cannot train model onnx: an ONNX file is an inference graph (batch norms folded into the "
+                "convolutions, no training graph); train the network where it was written (PyTorch, "
+                "mmsegmentation, ...) and export it again, or train a registered model here (seg-perception "
+                "models). eval and bench take --model onnx --weights FILE.onnx")
+        if self.init and str(self.init).lower().endswith(".onnx"):
+            raise TrainConfigError(
+                f"--init takes a PyTorch checkpoint, not an ONNX file ({bounded_repr(self.init, 200)}): an "
+                "exported graph's weights cannot be loaded back into a trainable model; start from the "
+                "checkpoint it was exported from")
 
     @property
     def base_lr(self) -> float:
@@ -415,7 +428,10 @@ def _train(config: TrainConfig, ctx: distributed.Distributed) -> TrainResult:
     if weights is not None:
         weights = weights.to(device)
 
-    frames = Frames(val_samples, mapping)
+    # Crops and validation frames are fed as the engine will feed the model: its registry entry's
+    # normalisation (mean, std, channel order).
+    normalization = normalization_for(config.model, config.variant)
+    frames = Frames(val_samples, mapping, normalization)
     val: dict[str, Any] | None = None
     began = time.monotonic()
     log = (out / "log.jsonl").open("a") if ctx.is_main else None
@@ -436,7 +452,8 @@ def _train(config: TrainConfig, ctx: distributed.Distributed) -> TrainResult:
                "sync_bn": bool(config.sync_bn and ctx.enabled)})
     loss_value = math.nan
     try:
-        loader = _loader(AugmentedCrops(samples, mapping, config.crop, config.seed), config, start, ctx)
+        loader = _loader(AugmentedCrops(samples, mapping, config.crop, config.seed, normalization), config,
+                         start, ctx)
         bar = None
         if config.progress and ctx.is_main:
             from tqdm import tqdm
