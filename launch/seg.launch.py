@@ -29,10 +29,12 @@ OVERRIDES = {
     "image_transport": "raw or compressed input images (empty: from config)",
     "backend": "Inference backend, e.g. torch or onnxruntime (empty: from config)",
     "max_age_ms": "Drop frames older than this many ms, 0 = never (empty: from config)",
+    "calibration": "precision int8: drive bag, Cityscapes folder or image folder to calibrate on (empty: from config)",
+    "parity_min_agreement": "Parity gate threshold in [0, 1], 0 = off (empty: from config)",
 }
 
 #: Overrides the node declares as doubles; ``ros2 launch`` hands every argument over as text.
-FLOAT_OVERRIDES = ("max_age_ms",)
+FLOAT_OVERRIDES = ("max_age_ms", "parity_min_agreement")
 
 
 class LaunchArgumentError(ValueError):

@@ -16,19 +16,30 @@ outcomes:
 :attr:`ReloadController.lock` is held by a whole set request and by a finishing load, so a load
 never completes halfway through a request of several parameters (each is checked against the
 same loading state).
+
+The parity gate (an engine that is not the fp32 reference must agree with it,
+:class:`~seg_perception.engine_api.ParityError` otherwise) fits both outcomes: a reload refused
+by it is a failed load (the previous engine keeps serving, ``/diagnostics`` WARNs with the
+figure), and a reload whose engine could only be measured on the synthetic frame is measured
+again on the latest live frames (:func:`check_live_parity`). At startup there is no previous
+engine: :meth:`ReloadController.start` serves the fp32 reference instead
+(:func:`reference_values`) and the scheduler reports why (``parity_fallback``, WARN).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import params as P
+from .backends.parity import LIVE, SYNTHETIC
 from .engine import EngineConfig
+from .engine_api import ParityError, ParityGated
 from .parameter_state import ParameterState, model_label
 from .scheduler import Engine, Scheduler
+from .text import bounded
 
 #: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
 EngineFactory = Callable[[EngineConfig], Engine]
@@ -43,6 +54,24 @@ def build_engine(factory: EngineFactory, values: Mapping[str, Any]) -> Engine:
     config = P.engine_config(values)
     engine = factory(config)
     engine.warmup(*(config.inference_size or WARMUP_SIZE))
+    return engine
+
+
+def reference_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fp32 reference of a parameter set: what serves when the parity gate refuses the
+    requested engine at startup. A registered model's reference is its PyTorch module in fp32
+    (a network that exists only as an ONNX file would name fp32 ONNX Runtime here)."""
+    return {**values, "precision": "fp32", "backend": "torch"}
+
+
+def check_live_parity(engine: Engine, frames: Sequence[Any]) -> Engine:
+    """``engine`` after its parity gate ran again on ``frames`` (the live input) when it could
+    only be measured on the synthetic frame at build time (held-out calibration frames are
+    better evidence and stay); raises :class:`~seg_perception.engine_api.ParityError` below the
+    threshold. Engines without a gate, and the fp32 reference, pass unchanged."""
+    if frames and isinstance(engine, ParityGated) and engine.parity is not None \
+            and engine.parity.source == SYNTHETIC:
+        engine.check_parity(frames, LIVE)
     return engine
 
 
@@ -74,8 +103,20 @@ class ReloadController:
         return self._reverting is threading.current_thread()
 
     def start(self) -> None:
-        """Build the startup engine in this thread and install it (raises what the build raises)."""
-        self.scheduler.install(self.build(self.parameters.values))
+        """Build the startup engine in this thread and install it (raises what the build raises).
+        An engine the parity gate refuses is replaced by the fp32 reference, and the scheduler
+        reports why until another engine is installed (``parity_fallback``: WARN on
+        ``/diagnostics`` with the measured figure); the parameters keep the requested values."""
+        try:
+            engine = self.build(self.parameters.values)
+        except ParityError as exc:
+            reference = reference_values(self.parameters.values)
+            self.log(logging.WARNING, f"{exc}; starting with the fp32 reference instead"[:600])
+            self.scheduler.install(self.build(reference))
+            self.scheduler.parity_fallback = bounded(
+                f"{exc}; serving the fp32 reference (precision fp32, backend torch) instead", 1000)
+            return
+        self.scheduler.install(engine)
 
     def parameters_applied(self) -> None:
         """After an accepted set request: when the model values differ from the latest requested
@@ -85,12 +126,14 @@ class ReloadController:
             return
         self.requested = wanted
         snapshot = dict(self.parameters.values)
+        live = self.scheduler.recent_frames()
 
         def loaded() -> None:
             self.serving = wanted
             self.on_loaded()
 
-        if not self.scheduler.load(model_label(snapshot), lambda: self.build(snapshot), on_loaded=loaded,
+        if not self.scheduler.load(model_label(snapshot), lambda: check_live_parity(self.build(snapshot), live),
+                                   on_loaded=loaded,
                                    on_failed=self._revert, completion_lock=self.lock):
             self.log(logging.ERROR, "a model load is already running; the new model parameters "
                                     "take effect with the next model change")

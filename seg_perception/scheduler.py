@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds the worker waits for a first frame before checking for shutdown again.
 IDLE_WAIT_S = 0.1
+#: The latest converted frames kept for a reload's parity gate (its "live input" frames).
+PARITY_FRAMES = 3
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,10 @@ class Scheduler:
         self.loading: str | None = None
         self.startup_error: str | None = None
         self.reload_error: str | None = None
+        #: Set when the parity gate refused the requested engine at startup and the fp32 reference
+        #: serves instead (why, with the measured figure); cleared when another engine is installed.
+        self.parity_fallback: str | None = None
+        self._recent_frames: deque[Any] = deque(maxlen=PARITY_FRAMES)
         self._engine_lock = threading.Lock()
         self._loader: threading.Thread | None = None
 
@@ -249,7 +256,7 @@ class Scheduler:
         check_engine(engine)
         with self._engine_lock:
             self._engine = engine
-            self.startup_error = self.reload_error = None
+            self.startup_error = self.reload_error = self.parity_fallback = None
         self.failures.success()
 
     def load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None = None,
@@ -291,7 +298,7 @@ class Scheduler:
                 if self._stop.is_set():
                     return
                 retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
-                self.startup_error = self.reload_error = None
+                self.startup_error = self.reload_error = self.parity_fallback = None
             if retired is not None:
                 retired.close()  # its background preparation thread; batches in flight still complete
             self.failures.success()
@@ -318,6 +325,11 @@ class Scheduler:
             self.log(logging.WARNING, f"after the failed load: {exc!r}")
         finally:
             self.loading = None
+
+    def recent_frames(self) -> list[Any]:
+        """The latest converted frames (at most :data:`PARITY_FRAMES`, newest last): the live
+        input a reload's parity gate compares the new engine on."""
+        return list(self._recent_frames)
 
     # -- input --------------------------------------------------------------------------------
     def _arrived(self, camera: str) -> CameraStats:
@@ -453,6 +465,7 @@ class Scheduler:
             ready.append((frame, rgb, policy.outputs, decode_ms))
         if not ready:
             return []
+        self._recent_frames.extend(r[1] for r in ready)
         try:
             pending = engine.submit_batch([r[1] for r in ready], [r[2] for r in ready])
             return [_Started(r[0], p, r[3]) for r, p in zip(ready, pending, strict=True)]

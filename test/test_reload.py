@@ -59,6 +59,9 @@ class TinyEngine:
     def close(self) -> None:
         pass
 
+    def recover_from_failure(self, exc: BaseException) -> str:
+        return "inference_error"
+
     def submit_batch(self, frames: list[np.ndarray], outputs: list[OutputRequest]) -> list[_Done]:
         return [_Done(SegmentationResult(labels=f[:, :, 0].copy(), timings_ms={})) for f in frames]
 
