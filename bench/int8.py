@@ -185,6 +185,7 @@ class Network:
         self.calibration = [self.calibration_64[i] for i in range(2, 64, 4)]  # 16 spread over the drive
         (small, large) = drives.values()
         self.held = {"256x512": prepare([f[0] for f in small]), "512x1024": prepare([f[0] for f in large[:4]])}
+        self.ground_truth = {"256x512": [f[1] for f in small], "512x1024": [f[1] for f in large[:4]]}
 
     def session(self, model: bytes | Path) -> Callable[[np.ndarray], np.ndarray]:
         import onnxruntime as ort
@@ -204,8 +205,13 @@ class Network:
         for size, inputs in self.held.items():
             expected = [reference(x).argmax(1) for x in inputs]
             for name, run in runs.items():
-                out[name][f"agreement_{size}"] = float(np.mean([(run(x).argmax(1) == e).mean()
-                                                                for x, e in zip(inputs, expected, strict=True)]))
+                labels = [run(x).argmax(1)[0].astype(np.uint8) for x in inputs]
+                confusion = ConfusionMatrix()
+                for predicted, gt in zip(labels, self.ground_truth[size], strict=True):
+                    confusion.update_label_ids(predicted, gt)
+                out[name][f"miou_{size}"] = summarize(confusion.matrix)["miou"]
+                out[name][f"agreement_{size}"] = float(np.mean([(label == e[0]).mean()
+                                                                for label, e in zip(labels, expected, strict=True)]))
             for run in runs.values():
                 run(inputs[0])
             walls = interleave(runs, inputs, rounds[size])
@@ -223,7 +229,10 @@ def methods(net: Network, rounds: dict[str, int]) -> dict[str, Any]:
     variants: list[tuple[str, QuantizationSettings, list[np.ndarray]]] = [
         (name, settings, net.calibration) for name, settings in METHODS.items()]
     shipped = QuantizationSettings()
-    variants += [("shipped, 4 calibration frames", shipped, net.calibration[::4]),
+    minmax = QuantizationSettings(method="minmax")
+    variants += [("shipped, 16 consecutive frames (less varied)", shipped, net.calibration_64[:16]),
+                 ("minmax, 16 consecutive frames (less varied)", minmax, net.calibration_64[:16]),
+                 ("shipped, 4 calibration frames", shipped, net.calibration[::4]),
                  ("shipped, 64 calibration frames", shipped, net.calibration_64),
                  ("shipped, calibrated on noise (broken)", shipped,
                   [np.random.default_rng(i).uniform(-2, 2, x.shape).astype(np.float32)
@@ -296,17 +305,18 @@ def engine_table(engines: dict[str, Any]) -> str:
 
 
 def network_table(results: dict[str, Any]) -> str:
-    rows = ["| variant | agreement 256x512 | agreement 512x1024 | p50 ms 256x512 | speed-up | p50 ms 512x1024 | "
-            "speed-up | build s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| variant | agreement 256x512 | agreement 512x1024 | mIoU % 256x512 / 512x1024 | p50 ms 256x512 | "
+            "speed-up | p50 ms 512x1024 | speed-up | build s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         if not isinstance(r, dict):
             continue
         if "failed" in r:
-            rows.append(f"| {name} | failed: {r['failed'][:80]} |||||||")
+            rows.append(f"| {name} | failed: {r['failed'][:80]} ||||||||")
             continue
         build = r.get("calibration_s", r.get("build_s"))
         rows.append(f"| {name} | {100 * r['agreement_256x512']:.3f} % | {100 * r['agreement_512x1024']:.3f} % | "
-                    f"{r['p50_ms_256x512']:.1f} | {r['speedup_256x512']:.2f}x | {r['p50_ms_512x1024']:.1f} | "
+                    f"{100 * r['miou_256x512']:.2f} / {100 * r['miou_512x1024']:.2f} | {r['p50_ms_256x512']:.1f} | "
+                    f"{r['speedup_256x512']:.2f}x | {r['p50_ms_512x1024']:.1f} | "
                     f"{r['speedup_512x1024']:.2f}x | {'' if build is None else f'{build:.1f}'} |")
     return "\n".join(rows)
 

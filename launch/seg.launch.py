@@ -24,7 +24,7 @@ OVERRIDES = {
     "weights": "Checkpoint file (empty: from config)",
     "image_topic": "Input image topic (empty: from config)",
     "device": "auto, cuda or cpu (empty: from config)",
-    "precision": "Inference precision, e.g. fp16 or fp32 (empty: from config)",
+    "precision": "Inference precision: fp16, fp32, or int8 with calibration (empty: from config)",
     "compile": "none, torch_compile or cuda_graph (empty: from config)",
     "image_transport": "raw or compressed input images (empty: from config)",
     "backend": "Inference backend, e.g. torch or onnxruntime (empty: from config)",

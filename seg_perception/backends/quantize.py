@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -113,13 +114,19 @@ class _QuantizerNoise(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization's noise off the console: its root-logger warnings filtered, its
+    progress ``print``s (calibration, QOperator shapes) sent to the debug log instead of stdout."""
     noise = _QuantizerNoise()
     root = logging.getLogger()
     root.addFilter(noise)
+    printed = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stdout(printed):
+            yield
     finally:
         root.removeFilter(noise)
+        if printed.getvalue():
+            LOG.debug("onnxruntime.quantization printed: %s", printed.getvalue()[:2000])
 
 
 def _ort() -> Any:
@@ -251,7 +258,7 @@ def write_tensorrt_table(model: bytes | Path, inputs: Sequence[np.ndarray], fold
     from onnxruntime.quantization.quant_utils import write_calibration_table
 
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="seg-int8-table-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="seg-int8-table-") as tmp, _quiet_quantizer():
         work = Path(tmp)
         source = work / "fp32.onnx"
         source.write_bytes(model if isinstance(model, bytes) else Path(model).read_bytes())
