@@ -236,6 +236,7 @@ class Scheduler:
         #: serves instead (why, with the measured figure); cleared when another engine is installed.
         self.parity_fallback: str | None = None
         self._recent_frames: deque[Any] = deque(maxlen=PARITY_FRAMES)
+        self._recent_lock = threading.Lock()  # the worker appends while a set request reads
         self._engine_lock = threading.Lock()
         self._loader: threading.Thread | None = None
 
@@ -329,7 +330,8 @@ class Scheduler:
     def recent_frames(self) -> list[Any]:
         """The latest converted frames (at most :data:`PARITY_FRAMES`, newest last): the live
         input a reload's parity gate compares the new engine on."""
-        return list(self._recent_frames)
+        with self._recent_lock:
+            return list(self._recent_frames)
 
     # -- input --------------------------------------------------------------------------------
     def _arrived(self, camera: str) -> CameraStats:
@@ -465,7 +467,8 @@ class Scheduler:
             ready.append((frame, rgb, policy.outputs, decode_ms))
         if not ready:
             return []
-        self._recent_frames.extend(r[1] for r in ready)
+        with self._recent_lock:
+            self._recent_frames.extend(r[1] for r in ready)
         try:
             pending = engine.submit_batch([r[1] for r in ready], [r[2] for r in ready])
             return [_Started(r[0], p, r[3]) for r, p in zip(ready, pending, strict=True)]

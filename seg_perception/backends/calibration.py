@@ -149,10 +149,8 @@ def _fit(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
     """``rgb`` scaled down (area interpolation) to at most ``max_pixels``, aspect kept."""
     import cv2
 
-    from ..engine_api import MIN_INFERENCE_PIXELS
-
     height, width = rgb.shape[:2]
-    if height * width <= max(max_pixels, MIN_INFERENCE_PIXELS):
+    if height * width <= max_pixels:
         return np.ascontiguousarray(rgb)
     scale = (max_pixels / (height * width)) ** 0.5
     size = (max(1, int(width * scale)), max(1, int(height * scale)))
