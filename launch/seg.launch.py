@@ -35,15 +35,17 @@ OVERRIDES = {
     "weights": "Checkpoint file (empty: from config)",
     "image_topic": "Input image topic (empty: from config)",
     "device": "auto, cuda or cpu (empty: from config)",
-    "precision": "Inference precision, e.g. fp16 or fp32 (empty: from config)",
+    "precision": "Inference precision: fp16, fp32, or int8 with calibration (empty: from config)",
     "compile": "none, torch_compile or cuda_graph (empty: from config)",
     "image_transport": "raw or compressed input images (empty: from config)",
     "backend": "Inference backend, e.g. torch or onnxruntime (empty: from config)",
     "max_age_ms": "Drop frames older than this many ms, 0 = never (empty: from config)",
+    "calibration": "precision int8: drive bag, Cityscapes folder or image folder to calibrate on (empty: from config)",
+    "parity_min_agreement": "Parity gate threshold in [0, 1], 0 = off (empty: from config)",
 }
 
 #: Overrides the node declares as doubles; ``ros2 launch`` hands every argument over as text.
-FLOAT_OVERRIDES = ("max_age_ms",)
+FLOAT_OVERRIDES = ("max_age_ms", "parity_min_agreement")
 
 #: Launch arguments about the node's lifecycle (see 'Lifecycle, output QoS and lazy serving' in the README).
 LIFECYCLE_ARGUMENTS = {

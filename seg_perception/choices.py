@@ -8,8 +8,10 @@ parameter without importing torch, and no module has to import the engine for a 
 from __future__ import annotations
 
 DEVICES = ("auto", "cuda", "cpu")
-#: ``auto`` runs fp16 on CUDA and fp32 on the CPU, so the default works on every device.
-PRECISIONS = ("auto", "fp16", "fp32")
+#: ``auto`` runs fp16 on CUDA and fp32 on the CPU, so the default works on every device. ``int8``
+#: runs a statically quantized network (ONNX Runtime on the CPU, TensorRT on CUDA) calibrated on
+#: the ``calibration`` data (:mod:`seg_perception.backends.quantize`).
+PRECISIONS = ("auto", "fp16", "fp32", "int8")
 COMPILE_MODES = ("none", "torch_compile", "cuda_graph")
 #: What runs the network; ``auto`` resolves per machine (:func:`seg_perception.backends.resolve_backend`).
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -26,3 +28,16 @@ DEFAULT_CACHE_MAX_MB = 2048
 ONNX_MODEL = "onnx"
 #: What the output of such a network holds: class scores, class probabilities, or class ids.
 ONNX_OUTPUTS = ("logits", "probabilities", "labels")
+
+#: Frames of the ``calibration`` data an int8 network is calibrated on, spread over the data: 16
+#: gave the same label agreement as 64 on the measured drives at a quarter of the calibration time
+#: (docs/BACKENDS.md, "INT8").
+DEFAULT_CALIBRATION_FRAMES = 16
+#: Most calibration frames accepted (each is a forward pass holding every activation of the network).
+MAX_CALIBRATION_FRAMES = 1024
+#: The parity gate's default: an engine that is not the fp32 reference is served only when at
+#: least this fraction of its labels equals the reference's on the parity frames. A 1 % budget
+#: keeps mIoU within about a point of the reference's; measured (docs/BACKENDS.md, "The parity
+#: gate"): ONNX Runtime fp32 >= 99.99 %, int8 99.8-99.9 %, OpenVINO bf16 99.97 %, while an engine
+#: collapsed to a few classes agrees on far less. 0 disables the gate.
+DEFAULT_PARITY_MIN_AGREEMENT = 0.99

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Callable
 
 from .backends.base import BACKENDS
-from .cli_args import parse_size
+from .choices import PRECISIONS
+from .cli_args import add_int8_options, int8_settings, parse_size
+from .engine_api import ParityError
 
 __all__ = ["build_parser", "main", "parse_size"]
 
@@ -42,7 +44,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = EngineConfig(
         model=args.model, variant=args.variant, weights=args.weights or "",
         model_options=parse_options(args.model_options), device=args.device,
-        precision=precision, crf=args.crf, compile=args.compile, backend=args.backend,
+        precision=precision, crf=args.crf, compile=args.compile, backend=args.backend, **int8_settings(args),
     )
     report = run_benchmark(config, height, width, args.iterations, args.warmup,
                            OutputRequest(color=args.color, overlay=args.overlay))
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-options", default="{}", help="YAML mapping of builder options")
     p.add_argument("--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--precision", default=None, choices=("auto", "fp16", "fp32"))
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="int8 needs --calibration")
+    add_int8_options(p)
     p.add_argument("--crf", default="none", choices=("none", "cpu", "gpu"))
     p.add_argument("--compile", default="none", choices=("none", "torch_compile", "cuda_graph"),
                    help="torch_compile: TorchInductor; cuda_graph: replay captured graphs (CUDA only)")
@@ -98,10 +101,17 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [register, register_export, register_train]
 
 
+#: Exit status when the parity gate refused the engine (its measured agreement is printed).
+EXIT_PARITY = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ParityError as exc:
+        print(f"seg-perception {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PARITY
     except (ValueError, FileNotFoundError) as exc:
         print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -56,12 +56,14 @@ def engine_report(
     model_loading: str | None = None,
     reload_error: str | None = None,
     batch_sizes: dict[str, float] | None = None,
+    parity_fallback: str | None = None,
 ) -> HealthReport:
     """The shared engine's status: what runs, per-stage latency, batch sizes and failures.
 
     ``failure_burst`` (see :class:`~seg_perception.stats.FailureTracker`) is ERROR: the model is
     failing frame after frame. ``reload_error`` is WARN: a requested model change failed, and the
-    previous model is still serving.
+    previous model is still serving. ``parity_fallback`` is WARN: the parity gate refused the
+    requested engine at startup (the message has the measured figure) and the fp32 reference serves.
     """
     values: dict[str, str] = {}
     for stage, summary in stages.items():
@@ -77,6 +79,8 @@ def engine_report(
         values["model_loading"] = model_loading
     if reload_error:
         values["reload_error"] = reload_error
+    if parity_fallback:
+        values["parity_fallback"] = parity_fallback
     for key, value in (engine or {}).items():
         values[key] = _fmt(value)
     if gpu_memory_mb is not None:
@@ -88,6 +92,8 @@ def engine_report(
         problems.append((ERROR, f"{consecutive_failures} consecutive inference failures ({last_error})"))
     if reload_error:
         problems.append((WARN, f"model reload failed, previous model still serving: {reload_error}"))
+    if parity_fallback:
+        problems.append((WARN, parity_fallback))
     return _combine(values, problems)
 
 

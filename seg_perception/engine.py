@@ -60,6 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends import build_network, resolve_backend
+from .backends.calibration import CalibrationData, read_calibration
+from .backends.parity import HELD_OUT, LIVE, PROBE_SIZE, SYNTHETIC, ParityReport, parity_check, probe_frame
+from .backends.quantize import CalibrationSet
 from .choices import COMPILE_MODES, DEVICES, ONNX_MODEL, PRECISIONS
 from .cityscapes import CLASS_NAMES, palette_for
 from .engine_api import (
@@ -70,6 +73,7 @@ from .engine_api import (
     EngineConfigError,
     FrameError,
     OutputRequest,
+    ParityError,
     SegmentationResult,
 )
 from .models import build_model, count_parameters, load_checkpoint, normalization_for
@@ -125,7 +129,10 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16 (CUDA-only) falls back to fp32 on a CPU
-    that ``device: auto`` picked (an explicit ``device: cpu`` with fp16 is refused by validate)."""
+    that ``device: auto`` picked (an explicit ``device: cpu`` with fp16 is refused by validate);
+    int8 is int8 everywhere (ONNX Runtime on the CPU, TensorRT on CUDA)."""
+    if requested == "int8":
+        return "int8"
     if device.type != "cuda":
         return "fp32"
     return "fp16" if requested == "auto" else requested
@@ -321,7 +328,10 @@ class SegmentationEngine:
         if self._cuda:
             self._upload_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
-        self.backend = resolve_backend(config.backend, self.device, config.compile, model is not None, config.model)
+        self.backend = resolve_backend(config.backend, self.device, config.compile, model is not None,
+                                       config.model, self.precision)
+        #: int8: the frames read from ``calibration`` (calibrated on, and held out for the parity gate).
+        self.calibration: CalibrationData | None = None
         self._forward = self._compiled_model(config)
         self._preparer = Preparer(f"seg-engine-prepare-{id(self):x}")
         self._compiled_shapes = PreparedCache(
@@ -332,6 +342,13 @@ class SegmentationEngine:
             what="CUDA graph capture", retry_after=100,
         )
         self._recent: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        #: The parity gate's measurement against the fp32 reference (None: this is the reference).
+        self.parity: ParityReport | None = None
+        try:
+            self._parity_gate()
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _build_model(config: EngineConfig) -> nn.Module:
@@ -364,6 +381,8 @@ class SegmentationEngine:
         """What is running, for diagnostics and reports; with an exported network, where its
         artifact came from (a verified cache hit, exported now, or rebuilt and why)."""
         artifact = {} if self.backend == "torch" else {"artifact": self._forward.origin}
+        if getattr(self._forward, "quantization", ""):
+            artifact["quantization"] = self._forward.quantization
         return {
             "model": getattr(self.model, "model_name", type(self.model).__name__),
             "variant": getattr(self.model, "variant", ""),
@@ -377,6 +396,7 @@ class SegmentationEngine:
             "backend": self.backend if self.backend == "torch" else self._forward.name,
             **artifact,
             **self._contract_description(),
+            **self._parity_description(),
         }
 
     def _contract_description(self) -> dict[str, Any]:
@@ -388,6 +408,12 @@ class SegmentationEngine:
         if self.output_kind == "labels":
             extra["confidence"] = "not available: the network outputs labels"
         return extra
+
+    @property
+    def network(self) -> Any:
+        """What runs the network: the torch model, or the backend's network (``name``, ``path``
+        of its file, ``origin``); ``seg-perception export`` copies an int8 network's file."""
+        return self._forward
 
     @property
     def asynchronous(self) -> bool:
@@ -559,7 +585,8 @@ class SegmentationEngine:
         network exported to another backend (seg_perception.backends)."""
         if self.backend != "torch":
             self.backend, network = build_network(self.backend, config.backend, self.model, config,
-                                                  self.device, self.precision, self.normalization)
+                                                  self.device, self.precision, self.normalization,
+                                                  self._calibration_set(config))
             return network
         if config.compile != "torch_compile":
             return self.model
@@ -567,6 +594,83 @@ class SegmentationEngine:
         # and without its own CUDA graphs, whose private stream and memory pool do not mix with
         # the upload/compute streams here; ``cuda_graph`` is the mode that removes launch cost.
         return torch.compile(self.model, dynamic=False)
+
+    def _calibration_set(self, config: EngineConfig) -> CalibrationSet | None:
+        """int8: the calibration frames of ``calibration`` as the network takes them (normalised,
+        at the network size), with the held-out ones kept for the parity gate; None otherwise."""
+        if self.precision != "int8":
+            return None
+        self.calibration = read_calibration(config.calibration, config.calibration_frames,
+                                            max_pixels=config.max_inference_pixels)
+        with torch.inference_mode():
+            inputs = [self._preprocess(as_frame_tensor(rgb).to(self.device)).float().cpu().numpy()
+                      for rgb in self.calibration.calibration]
+        return CalibrationSet.of(inputs, self.calibration.describe())
+
+    # -- the parity gate ---------------------------------------------------------------------------
+    @property
+    def is_reference(self) -> bool:
+        """True for the fp32 PyTorch model itself (any compile mode), which every other engine
+        (fp16, int8, another backend) is compared with by the parity gate."""
+        return self.backend == "torch" and self.precision == "fp32"
+
+    #: What the gate compares with, in words (a network that exists only as an ONNX file would
+    #: compare with fp32 ONNX Runtime: :meth:`_parity_reference` is the hook).
+    reference_name = "fp32 PyTorch reference"
+
+    def _parity_reference(self) -> nn.Module:
+        """The reference network: the model, which the gate runs in fp32 on its device."""
+        return self.model
+
+    def _parity_gate(self) -> None:
+        """Measure this engine against the fp32 reference at build time and refuse it below
+        ``parity_min_agreement``: on the held-out calibration frames (int8), else on the
+        synthetic probe frame (whose measurement the load-time probe already made when it ran
+        on this session). A reload with live frames runs :meth:`check_parity` on them."""
+        if self.is_reference:
+            return
+        if self.calibration is not None and self.calibration.holdout:
+            self.check_parity(self.calibration.holdout, HELD_OUT)
+            return
+        probe = getattr(self._forward, "probe_report", None) if self.backend != "torch" else None
+        if isinstance(probe, ParityReport) and self.config.inference_size is None:
+            self._judge(probe)
+            return
+        size = self.config.inference_size or getattr(self._forward, "fixed_size", None) or PROBE_SIZE
+        self.check_parity([probe_frame(*size)], SYNTHETIC)
+
+    def check_parity(self, frames: Sequence[np.ndarray | torch.Tensor], source: str = LIVE) -> ParityReport:
+        """Run ``frames`` (uint8 RGB, e.g. the live input) through this engine's network and the
+        fp32 reference, keep the figure (:attr:`parity`, on the description) and raise
+        :class:`~seg_perception.engine_api.ParityError` when it is below ``parity_min_agreement``.
+        Frames are preprocessed as served (normalised, at the network size)."""
+        with torch.inference_mode():
+            inputs = [self._preprocess_batch([as_frame_tensor(f).to(self.device)]) for f in frames]
+            candidate = self.model if self.backend == "torch" else self._forward
+            report = parity_check(candidate, self._parity_reference(), inputs, self.device, source)
+        self._judge(report)
+        return report
+
+    def _judge(self, report: ParityReport) -> None:
+        """Keep the figure; refuse the engine (:class:`ParityError`, with the figure) below the
+        threshold or when it could not be measured; a threshold of 0 refuses nothing."""
+        self.parity = report
+        threshold = self.config.parity_min_agreement
+        if threshold <= 0 or report.passed(threshold):
+            return
+        backend = self.backend if self.backend == "torch" else self._forward.name
+        raise ParityError(f"the {self.precision} engine ({backend}) is refused by the parity gate: "
+                          f"{report.summary()} against the {self.reference_name}, below parity_min_agreement "
+                          f"{100 * threshold:.2f} %", report.agreement, threshold)
+
+    def _parity_description(self) -> dict[str, Any]:
+        """The gate's figure for diagnostics and reports."""
+        if self.parity is None:
+            return {"parity": f"this is the {self.reference_name}"}
+        threshold = self.config.parity_min_agreement
+        gate_text = f"gate {100 * threshold:.2f} %" if threshold > 0 else "gate off"
+        return {"parity": f"{self.parity.summary()} vs the {self.reference_name}; {gate_text}",
+                "parity_agreement": f"{self.parity.agreement:.6f}"}
 
     def _compile_shape(self, shape: Hashable) -> bool:
         """Trace and compile the model for one input shape (dynamo caches it for later calls)."""

@@ -15,7 +15,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, ONNX_MODEL, PRECISIONS
+from .choices import (
+    BACKENDS,
+    COMPILE_MODES,
+    DEFAULT_CACHE_MAX_MB,
+    DEFAULT_CALIBRATION_FRAMES,
+    DEFAULT_PARITY_MIN_AGREEMENT,
+    DEVICES,
+    MAX_CALIBRATION_FRAMES,
+    ONNX_MODEL,
+    PRECISIONS,
+)
 from .normalization import Normalization, NormalizationError
 
 #: Work stages in pipeline order. Each figure is the stage's own time, waiting excluded:
@@ -46,6 +56,17 @@ class FrameError(ValueError):
 
 class EngineInterfaceError(TypeError):
     """An object used as an engine lacks members of :class:`Engine`."""
+
+
+class ParityError(RuntimeError):
+    """An engine that is not the fp32 reference (fp16, int8, another backend) whose labels agree
+    with the reference's on fewer pixels than ``parity_min_agreement`` requires: refused by the
+    parity gate. The message carries the measured figure; the CLI exits non-zero with it, the node
+    keeps serving its previous engine (at startup: the fp32 reference) and reports it."""
+
+    def __init__(self, message: str, agreement: float, threshold: float) -> None:
+        super().__init__(message)
+        self.agreement, self.threshold = agreement, threshold
 
 
 @dataclass
@@ -80,6 +101,15 @@ class EngineConfig:
     max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS
     #: Input normalisation; ``None`` = the model registry entry's (data the engine receives).
     normalization: Normalization | None = None
+    #: ``precision: int8``: the data the network is calibrated on, a drive bag folder, a
+    #: Cityscapes folder or a folder of images (:mod:`seg_perception.backends.calibration`).
+    calibration: str = ""
+    #: How many frames of ``calibration`` the quantizer measures, spread over the data; a few more
+    #: are held out as the parity gate's frames.
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+    #: The parity gate: an engine that is not the fp32 reference is refused (:class:`ParityError`)
+    #: when fewer of its labels than this fraction equal the reference's; 0 disables the gate.
+    parity_min_agreement: float = DEFAULT_PARITY_MIN_AGREEMENT
 
     def validate(self) -> None:
         """Check every field, then what this machine can run (CUDA, backend packages)."""
@@ -108,6 +138,7 @@ class EngineConfig:
                                     f"got {self.max_inference_pixels!r}")
         if not isinstance(self.cache_max_mb, int) or self.cache_max_mb < 0:
             raise EngineConfigError(f"cache_max_mb must be an integer >= 0, got {self.cache_max_mb!r}")
+        self._check_int8()
         if self.normalization is not None:
             try:
                 self.normalization.validate()
@@ -132,6 +163,28 @@ class EngineConfig:
         if (problem := options_problem(self.model_options)) is not None:
             raise EngineConfigError(f"model_options: {problem}")
 
+    def _check_int8(self) -> None:
+        """INT8 and the parity gate: what they need, before anything is built."""
+        if not isinstance(self.calibration_frames, int) or not 1 <= self.calibration_frames <= MAX_CALIBRATION_FRAMES:
+            raise EngineConfigError(f"calibration_frames must be an integer in [1, {MAX_CALIBRATION_FRAMES}], "
+                                    f"got {self.calibration_frames!r}"[:300])
+        if not isinstance(self.parity_min_agreement, (int, float)) or not 0.0 <= self.parity_min_agreement <= 1.0:
+            raise EngineConfigError(f"parity_min_agreement must be in [0, 1] (0 disables the gate), "
+                                    f"got {self.parity_min_agreement!r}"[:300])
+        if self.precision != "int8":
+            return
+        if not self.calibration:
+            raise EngineConfigError(
+                "precision int8 needs calibration data: set calibration to a drive bag, a Cityscapes folder or "
+                "a folder of images like the camera's (the quantizer measures the network's activation ranges on "
+                "them; without them int8 ranges are guesses)")
+        if self.backend == "torch":
+            raise EngineConfigError("precision int8 runs on backend onnxruntime (CPU) or tensorrt (CUDA), or auto; "
+                                    "the torch backend has no int8 path")
+        if self.compile != "none":
+            raise EngineConfigError(f"compile {self.compile} applies to the torch backend; precision int8 needs "
+                                    "compile none (ONNX Runtime and TensorRT optimise the quantized graph themselves)")
+
     def _check_machine(self) -> None:
         """What depends on this machine: a CUDA device, the backend's packages and providers."""
         import torch
@@ -142,7 +195,7 @@ class EngineConfig:
             raise EngineConfigError("device cuda requested but torch sees no CUDA device")
         if self.compile == "cuda_graph" and (self.device == "cpu" or not torch.cuda.is_available()):
             raise EngineConfigError("compile cuda_graph needs a CUDA device; use none or torch_compile on the CPU")
-        if (problem := backend_problem(self.backend, self.device, self.compile)) is not None:
+        if (problem := backend_problem(self.backend, self.device, self.compile, self.precision)) is not None:
             raise EngineConfigError(problem)
 
 
@@ -249,6 +302,20 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop background work (an engine being replaced); frames in flight still complete."""
+        ...
+
+
+@runtime_checkable
+class ParityGated(Protocol):
+    """An engine with a parity gate (:class:`~seg_perception.engine.SegmentationEngine`; not a
+    member of :class:`Engine`, which stand-ins implement): ``parity`` is its measurement against
+    the fp32 reference (None for the reference itself), ``check_parity`` measures again on given
+    frames (a reload's live input) and raises :class:`ParityError` below the threshold."""
+
+    parity: Any
+
+    def check_parity(self, frames: Sequence[Any], source: str = ...) -> Any:
+        """Re-measure on ``frames`` (uint8 RGB) and refuse below ``parity_min_agreement``."""
         ...
 
 

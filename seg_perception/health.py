@@ -93,6 +93,7 @@ class HealthReporter:
             gpu_memory_mb=engine.memory_allocated_mb() if engine else None,
             startup_error=scheduler.startup_error, model_loading=scheduler.loading,
             reload_error=scheduler.reload_error, batch_sizes=scheduler.batch_sizes.summary(),
+            parity_fallback=scheduler.parity_fallback,
         )
 
     def statuses(self, values: Mapping[str, Any], cameras: Sequence[str],

@@ -7,9 +7,10 @@ the reason, nothing changes), the *post-set callback* applies what ROS accepted
 against the current values, so what was checked is what is applied.
 
 A request is refused when it changes a restart-only parameter, names a runtime ``weights`` file
-outside ``weights_dirs`` (:mod:`~seg_perception.weights_access`; checked before anything looks at
-the path), gives an invalid value or combination (:func:`~seg_perception.params.validate_params`),
-or changes the model while another model is still loading.
+outside ``weights_dirs`` or ``calibration`` data outside ``calibration_dirs``
+(:mod:`~seg_perception.weights_access`; checked before anything looks at the path), gives an
+invalid value or combination (:func:`~seg_perception.params.validate_params`), or changes the
+model while another model is still loading.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from . import params as P
 from .text import bounded
-from .weights_access import runtime_weights_problem
+from .weights_access import allowed_calibration_dirs, runtime_calibration_problem, runtime_weights_problem
 
 #: The parameters whose change rebuilds the engine (in the background, see :mod:`~seg_perception.reload`).
 RELOAD_PARAMS: tuple[str, ...] = tuple(spec.name for spec in P.PARAMS if spec.reload)
@@ -32,6 +33,10 @@ MAX_REASON_CHARS = 2000
 def plain_value(value: Any) -> Any:
     """ROS array parameters arrive as ``array.array``; keep lists so values compare equal."""
     return list(value) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else value
+
+
+def _calibration_dirs(configured: str, calibration_dirs: Iterable[str]) -> tuple[str, ...]:
+    return allowed_calibration_dirs(configured, list(calibration_dirs))
 
 
 def model_label(values: Mapping[str, Any]) -> str:
@@ -64,10 +69,15 @@ class ParameterState:
     node-wide value) and the folders a runtime ``weights`` change may load from."""
 
     def __init__(self, values: Mapping[str, Any], camera_values: Mapping[str, Mapping[str, Any]],
-                 allowed_weights_dirs: Iterable[str] = ()) -> None:
+                 allowed_weights_dirs: Iterable[str] = (),
+                 allowed_calibration_dirs: Iterable[str] | None = None) -> None:
         self.values: dict[str, Any] = dict(values)
         self.camera_values: dict[str, dict[str, Any]] = {c: dict(v) for c, v in camera_values.items()}
         self.allowed_weights_dirs: tuple[str, ...] = tuple(allowed_weights_dirs)
+        #: Where a runtime ``calibration`` change may read (default: from the startup values).
+        self.allowed_calibration_dirs: tuple[str, ...] = tuple(
+            allowed_calibration_dirs if allowed_calibration_dirs is not None else
+            _calibration_dirs(self.values.get("calibration", ""), self.values.get("calibration_dirs", [])))
 
     def camera_value(self, camera: str, name: str) -> Any:
         """A camera's setting: its own override when set, else the node-wide parameter."""
@@ -111,6 +121,10 @@ class ParameterState:
             return SetCheck(False, bounded(change.refused))
         if change.values["weights"] != self.values["weights"]:
             problem = runtime_weights_problem(change.values["weights"], self.allowed_weights_dirs)
+            if problem:  # before validation, which would look at the path
+                return SetCheck(False, bounded(problem, MAX_REASON_CHARS))
+        if change.values.get("calibration") != self.values.get("calibration"):
+            problem = runtime_calibration_problem(change.values["calibration"], self.allowed_calibration_dirs)
             if problem:  # before validation, which would look at the path
                 return SetCheck(False, bounded(problem, MAX_REASON_CHARS))
         problems = P.validate_params(change.values)

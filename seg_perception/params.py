@@ -24,7 +24,17 @@ from typing import Any
 
 import yaml
 
-from .choices import BACKENDS, COMPILE_MODES, DEFAULT_CACHE_MAX_MB, DEVICES, ONNX_MODEL, PRECISIONS
+from .choices import (
+    BACKENDS,
+    COMPILE_MODES,
+    DEFAULT_CACHE_MAX_MB,
+    DEFAULT_CALIBRATION_FRAMES,
+    DEFAULT_PARITY_MIN_AGREEMENT,
+    DEVICES,
+    MAX_CALIBRATION_FRAMES,
+    ONNX_MODEL,
+    PRECISIONS,
+)
 from .cityscapes import CLASS_NAMES, PALETTE
 from .engine_api import DEFAULT_MAX_INFERENCE_PIXELS, MIN_INFERENCE_PIXELS, EngineConfig, EngineConfigError
 from .image_conversion import DEFAULT_MAX_PIXELS
@@ -166,6 +176,22 @@ def _weights(v: str) -> str | None:
     return weights_path_problem(v) if v else None
 
 
+def _calibration(v: str) -> str | None:
+    """Empty, or data the quantizer can read: a drive bag, a Cityscapes folder or a folder of
+    images (checked by kind here; the frames themselves when the engine is built)."""
+    if not v:
+        return None
+    if "\x00" in v:
+        return "must be a folder path (it contains a NUL byte)"
+    from .backends.calibration import CalibrationError, calibration_kind
+
+    try:
+        calibration_kind(v)
+    except CalibrationError as exc:
+        return str(exc).removeprefix("calibration ")
+    return None
+
+
 def _weights_dirs(v: Any) -> str | None:
     """Absolute folder paths (``~`` expanded), a few of them: where runtime ``weights`` may load from."""
     if len(v) > MAX_WEIGHTS_DIRS:
@@ -230,8 +256,26 @@ PARAMS: tuple[ParamSpec, ...] = (
               "onnx the file's contract: mean, std, channel_order, input_size, output, classes, palette.",
               validate=_yaml_mapping, reload=True),
     ParamSpec("device", "auto", "auto | cuda | cpu.", validate=_choice(*DEVICES), reload=True),
-    ParamSpec("precision", "auto", "auto | fp16 | fp32: auto = fp16 on CUDA, fp32 on the CPU; fp16 needs CUDA.",
+    ParamSpec("precision", "auto", "auto | fp16 | fp32 | int8: auto = fp16 on CUDA, fp32 on the CPU; fp16 needs "
+              "CUDA; int8 needs calibration (ONNX Runtime on the CPU, TensorRT on CUDA; docs/BACKENDS.md).",
               validate=_choice(*PRECISIONS), reload=True),
+    ParamSpec("calibration", "",
+              "precision int8: frames like the camera's to calibrate on: a drive bag folder (any camera, raw or "
+              "compressed), a Cityscapes folder or a folder of images. At runtime only data inside "
+              "calibration_dirs can be named.", validate=_calibration, reload=True),
+    ParamSpec("calibration_frames", DEFAULT_CALIBRATION_FRAMES,
+              "precision int8: how many frames of calibration the quantizer measures, spread over the data "
+              "(a few more are held out for the parity gate).",
+              validate=_in_range(1, MAX_CALIBRATION_FRAMES), range=(1, MAX_CALIBRATION_FRAMES), reload=True),
+    ParamSpec("calibration_dirs", [],
+              "Folders a runtime change of calibration may read from (set at launch only); empty = the folder "
+              "holding the startup calibration data. See 'Security' in the README.", validate=_weights_dirs),
+    ParamSpec("parity_min_agreement", DEFAULT_PARITY_MIN_AGREEMENT,
+              "Parity gate: an engine that is not the fp32 reference (fp16, int8, ONNX Runtime, TensorRT) is "
+              "served only when at least this fraction of its labels equals the reference's on held-out "
+              "calibration frames, live frames or a synthetic frame; below it the previous engine keeps serving "
+              "(at startup: the fp32 reference) and /diagnostics warns with the figure. 0 = off.",
+              validate=_in_range(0.0, 1.0), range=(0.0, 1.0), reload=True),
     ParamSpec("inference_size", [0, 0],
               "[height, width] the model runs at; [0, 0] = each frame's own size.",
               validate=_size, reload=True),
@@ -619,6 +663,9 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         cache_dir=values.get("cache_dir", ""),
         cache_max_mb=int(values.get("cache_max_mb", DEFAULT_CACHE_MAX_MB)),
         max_inference_pixels=int(values.get("max_inference_pixels", DEFAULT_MAX_INFERENCE_PIXELS)),
+        calibration=values.get("calibration", ""),
+        calibration_frames=int(values.get("calibration_frames", DEFAULT_CALIBRATION_FRAMES)),
+        parity_min_agreement=float(values.get("parity_min_agreement", DEFAULT_PARITY_MIN_AGREEMENT)),
     )
 
 

@@ -21,6 +21,14 @@ A lifecycle node builds its engine on configure (:meth:`ReloadController.start`)
 cleanup (:meth:`ReloadController.release`, which also hands the freed device memory back); in
 between, model changes load in the background as above, and while no engine is wanted they only
 change the parameters the next configure builds from.
+
+The parity gate (an engine that is not the fp32 reference must agree with it,
+:class:`~seg_perception.engine_api.ParityError` otherwise) fits both outcomes: a reload refused
+by it is a failed load (the previous engine keeps serving, ``/diagnostics`` WARNs with the
+figure), and a reload whose engine could only be measured on the synthetic frame is measured
+again on the latest live frames (:func:`check_live_parity`). At startup there is no previous
+engine: :meth:`ReloadController.start` serves the fp32 reference instead
+(:func:`reference_values`) and the scheduler reports why (``parity_fallback``, WARN).
 """
 
 from __future__ import annotations
@@ -29,13 +37,16 @@ import gc
 import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import params as P
-from .engine_api import EngineConfig
+from .backends.parity import LIVE, SYNTHETIC
+from .choices import ONNX_MODEL
+from .engine_api import EngineConfig, ParityError, ParityGated
 from .parameter_state import ParameterState, model_label
 from .scheduler import PAUSE_TIMEOUT_S, Engine, Scheduler
+from .text import bounded
 
 #: Builds an engine from its configuration; tests pass a fake one to make long runs fast.
 EngineFactory = Callable[[EngineConfig], Engine]
@@ -71,6 +82,27 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def reference_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fp32 reference of a parameter set: what serves when the parity gate refuses the
+    requested engine at startup. A registered model's reference is its PyTorch module in fp32
+    (a network that exists only as an ONNX file, ``model: onnx``, has fp32 ONNX Runtime on the
+    CPU as its reference)."""
+    if values.get("model") == ONNX_MODEL:
+        return {**values, "precision": "fp32", "backend": "onnxruntime", "device": "cpu"}
+    return {**values, "precision": "fp32", "backend": "torch"}
+
+
+def check_live_parity(engine: Engine, frames: Sequence[Any]) -> Engine:
+    """``engine`` after its parity gate ran again on ``frames`` (the live input) when it could
+    only be measured on the synthetic frame at build time (held-out calibration frames are
+    better evidence and stay); raises :class:`~seg_perception.engine_api.ParityError` below the
+    threshold. Engines without a gate, and the fp32 reference, pass unchanged."""
+    if frames and isinstance(engine, ParityGated) and engine.parity is not None \
+            and engine.parity.source == SYNTHETIC:
+        engine.check_parity(frames, LIVE)
+    return engine
+
+
 class ReloadController:
     """Starts background loads for accepted model changes and reverts the parameters after a
     failed one.
@@ -104,11 +136,23 @@ class ReloadController:
     def start(self) -> None:
         """Build the engine for the current parameters in this thread and install it (raises what
         the build raises). From now on accepted model changes load in the background, also after
-        a failed build (a plain node without ``fail_fast`` recovers with the next good model)."""
+        a failed build (a plain node without ``fail_fast`` recovers with the next good model).
+        An engine the parity gate refuses is replaced by the fp32 reference, and the scheduler
+        reports why until another engine is installed (``parity_fallback``: WARN on
+        ``/diagnostics`` with the measured figure); the parameters keep the requested values."""
         self.active = True
         self.serving = self.parameters.model_values()
         self.requested = dict(self.serving)
-        self.scheduler.install(self.build(self.parameters.values))
+        try:
+            engine = self.build(self.parameters.values)
+        except ParityError as exc:
+            reference = reference_values(self.parameters.values)
+            self.log(logging.WARNING, f"{exc}; starting with the fp32 reference instead"[:600])
+            self.scheduler.install(self.build(reference))
+            self.scheduler.parity_fallback = bounded(
+                f"{exc}; serving the fp32 reference (precision fp32, backend {reference['backend']}) instead", 1000)
+            return
+        self.scheduler.install(engine)
 
     def release(self, timeout: float = PAUSE_TIMEOUT_S) -> bool:
         """Let the engine go (the scheduler should be paused): the scheduler drops and closes it,
@@ -127,12 +171,14 @@ class ReloadController:
             return
         self.requested = wanted
         snapshot = dict(self.parameters.values)
+        live = self.scheduler.recent_frames()
 
         def loaded() -> None:
             self.serving = wanted
             self.on_loaded()
 
-        if not self.scheduler.load(model_label(snapshot), lambda: self.build(snapshot), on_loaded=loaded,
+        if not self.scheduler.load(model_label(snapshot), lambda: check_live_parity(self.build(snapshot), live),
+                                   on_loaded=loaded,
                                    on_failed=self._revert, completion_lock=self.lock):
             self.log(logging.ERROR, "a model load is already running; the new model parameters "
                                     "take effect with the next model change")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds the worker waits for a first frame before checking for shutdown again.
 IDLE_WAIT_S = 0.1
+#: The latest converted frames kept for a reload's parity gate (its "live input" frames).
+PARITY_FRAMES = 3
 
 #: Seconds :meth:`Scheduler.pause` and :meth:`Scheduler.release` wait for the batch in flight.
 PAUSE_TIMEOUT_S = 5.0
@@ -250,6 +253,11 @@ class Scheduler:
         self.loading: str | None = None
         self.startup_error: str | None = None
         self.reload_error: str | None = None
+        #: Set when the parity gate refused the requested engine at startup and the fp32 reference
+        #: serves instead (why, with the measured figure); cleared when another engine is installed.
+        self.parity_fallback: str | None = None
+        self._recent_frames: deque[Any] = deque(maxlen=PARITY_FRAMES)
+        self._recent_lock = threading.Lock()  # the worker appends while a set request reads
         self._engine_lock = threading.Lock()
         self._loader: threading.Thread | None = None
         #: Counts :meth:`release` calls: a load started before one is discarded when it completes.
@@ -280,7 +288,7 @@ class Scheduler:
         check_engine(engine)
         with self._engine_lock:
             self._engine = engine
-            self.startup_error = self.reload_error = None
+            self.startup_error = self.reload_error = self.parity_fallback = None
         self.failures.success()
 
     def load(self, label: str, build: Callable[[], Engine], on_loaded: Callable[[], None] | None = None,
@@ -326,7 +334,7 @@ class Scheduler:
                 released = generation != self._generation  # release() ran meanwhile: nobody wants it
                 if not released:
                     retired, self._engine = self._engine, engine  # the swap: the worker picks it up next batch
-                    self.startup_error = self.reload_error = None
+                    self.startup_error = self.reload_error = self.parity_fallback = None
             if released:
                 self._retire(engine)
                 self.log(logging.INFO, f"discarded {label}: the model was released while it loaded")
@@ -376,6 +384,12 @@ class Scheduler:
             self.log(logging.WARNING, f"after the failed load: {exc!r}")
         finally:
             self.loading = None
+
+    def recent_frames(self) -> list[Any]:
+        """The latest converted frames (at most :data:`PARITY_FRAMES`, newest last): the live
+        input a reload's parity gate compares the new engine on."""
+        with self._recent_lock:
+            return list(self._recent_frames)
 
     # -- input --------------------------------------------------------------------------------
     def _arrived(self, camera: str) -> CameraStats:
@@ -562,6 +576,8 @@ class Scheduler:
             ready.append((frame, rgb, policy.outputs, decode_ms))
         if not ready:
             return []
+        with self._recent_lock:
+            self._recent_frames.extend(r[1] for r in ready)
         try:
             pending = engine.submit_batch([r[1] for r in ready], [r[2] for r in ready])
             return [_Started(r[0], p, r[3]) for r, p in zip(ready, pending, strict=True)]

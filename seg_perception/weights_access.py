@@ -11,6 +11,10 @@ about anything outside the allowed folders.
 
 Paths are compared after resolving ``..`` and symbolic links, so neither leads out of a folder.
 The weights given at startup are the operator's and are not checked.
+
+``calibration`` (int8 calibration data, a folder the node reads) is restricted the same way by
+``calibration_dirs``: at runtime only data inside those folders, else inside the folder holding the
+startup calibration data; with neither, no runtime change may name calibration data at all.
 """
 
 from __future__ import annotations
@@ -58,3 +62,31 @@ def runtime_weights_problem(value: str, allowed_dirs: Sequence[str]) -> str | No
         return None
     return (f"weights {bounded_repr(value, 200)} is outside weights_dirs: at runtime only checkpoints in "
             f"{', '.join(allowed_dirs)} can be loaded; the operator sets weights_dirs at launch")
+
+
+def allowed_calibration_dirs(configured: str, calibration_dirs: Sequence[str]) -> tuple[str, ...]:
+    """The folders a runtime ``calibration`` change may read from, resolved: ``calibration_dirs``
+    (``~`` expanded) when given, else the folder holding the startup ``configured`` data (none
+    when the node started without calibration data)."""
+    if calibration_dirs:
+        dirs = [os.path.expanduser(d) for d in calibration_dirs]
+    else:
+        dirs = [os.path.dirname(os.path.abspath(os.path.expanduser(configured)))] if configured else []
+    return tuple(dict.fromkeys(os.path.realpath(d) for d in dirs))
+
+
+def runtime_calibration_problem(value: str, allowed_dirs: Sequence[str]) -> str | None:
+    """Why a runtime ``calibration`` change to ``value`` is refused (None when it may be read;
+    empty means none). Like :func:`runtime_weights_problem`, the reason depends only on ``value``
+    and the allowed folders, never on what exists outside them."""
+    if not value:
+        return None
+    path = ""
+    if len(value) <= MAX_PATH_CHARS and "\x00" not in value:
+        path = os.path.realpath(os.path.expanduser(value))
+    if path and any(_inside(path, folder) for folder in allowed_dirs):
+        return None
+    where = ", ".join(allowed_dirs) if allowed_dirs else "no folder (calibration_dirs is empty and the node started " \
+                                                         "without calibration data)"
+    return (f"calibration {bounded_repr(value, 200)} is outside calibration_dirs: at runtime only calibration data "
+            f"in {where} can be read; the operator sets calibration_dirs at launch")

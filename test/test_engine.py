@@ -110,7 +110,7 @@ def test_bad_overlay_alpha(engine, frame) -> None:
     "config, match",
     [
         (EngineConfig(device="tpu"), "device must be one of"),
-        (EngineConfig(precision="int8"), "precision must be one of"),
+        (EngineConfig(precision="int4"), "precision must be one of"),
         (EngineConfig(device="cpu", precision="fp16"), "fp16 needs device cuda"),
         (EngineConfig(inference_size=(0, 10)), "inference_size"),
     ],

@@ -17,6 +17,10 @@ fails, ``auto`` logs why and runs PyTorch; an explicit backend fails instead.
 
 ``model: onnx`` (a network given as an ONNX file, :mod:`.onnx_model`) has no PyTorch model:
 ``auto`` is ``onnxruntime`` on every device, nothing is exported, and there is no fallback.
+
+``precision: int8`` (:mod:`.quantize`, calibrated on :mod:`.calibration` data) runs on ONNX
+Runtime's CPU provider, or on CUDA through TensorRT; ``auto`` picks those, and nothing falls back
+to PyTorch (it has no int8 path): a failure is an error.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..normalization import Normalization
 from .base import BACKENDS, BackendError, ExportError, Network
 from .cache import ArtifactCache, default_cache_dir
 from .export import ExportSpec
+from .quantize import CalibrationSet
 
 LOG = logging.getLogger(__name__)
 
@@ -58,10 +63,17 @@ def _ort_providers() -> list[str] | None:
     return list(ort.get_available_providers())
 
 
-def backend_problem(backend: str, device: str, compile_mode: str) -> str | None:
-    """Why ``backend`` cannot run with this device (auto/cuda/cpu) and compile mode, or None."""
+def backend_problem(backend: str, device: str, compile_mode: str, precision: str = "auto") -> str | None:
+    """Why ``backend`` cannot run with this device (auto/cuda/cpu), compile mode and precision, or None."""
     if backend not in BACKENDS:
         return f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}"[:300]
+    if precision == "int8" and backend in ("auto", "onnxruntime", "tensorrt"):
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if backend == "onnxruntime" and cuda:
+            return ("precision int8 on CUDA runs through TensorRT: use backend tensorrt (or auto); ONNX Runtime's "
+                    "int8 kernels are CPU kernels")
+        if backend == "auto":
+            backend = "tensorrt" if cuda else "onnxruntime"
     if backend in ("auto", "torch"):
         return None
     if compile_mode != "none":
@@ -83,10 +95,12 @@ def backend_problem(backend: str, device: str, compile_mode: str) -> str | None:
 
 
 def resolve_backend(backend: str, device: torch.device, compile_mode: str, injected_model: bool,
-                    model: str = "") -> str:
+                    model: str = "", precision: str = "fp32") -> str:
     """The concrete backend for ``auto`` (see the module docstring); others unchanged."""
     if backend != "auto":
         return backend
+    if precision == "int8":
+        return "onnxruntime" if device.type == "cpu" else "tensorrt"
     if model == ONNX_MODEL:
         return "onnxruntime"
     if device.type != "cpu" or compile_mode != "none" or injected_model or _ort_providers() is None:
@@ -96,14 +110,15 @@ def resolve_backend(backend: str, device: torch.device, compile_mode: str, injec
 
 def build_network(
     backend: str, requested: str, model: nn.Module, config: Any, device: torch.device, precision: str,
-    normalization: Normalization,
+    normalization: Normalization, calibration: CalibrationSet | None = None,
 ) -> tuple[str, Network | nn.Module]:
     """``(backend actually used, network)`` for a resolved, non-torch backend.
 
     ``config`` is the engine's configuration (model, variant, num_classes, model_options, weights,
     inference_size, cache_dir, cache_max_mb); ``normalization`` the input normalisation the engine
-    applies (recorded in the export). With ``requested == "auto"`` a failed export falls back to
-    the torch model with a warning; an explicit backend raises :class:`BackendError`/:class:`ExportError`.
+    applies (recorded in the export); ``calibration`` the int8 calibration inputs. With
+    ``requested == "auto"`` a failed export falls back to the torch model with a warning (not for
+    int8, which PyTorch cannot run); an explicit backend raises :class:`BackendError`/:class:`ExportError`.
     """
     if config.model == ONNX_MODEL:  # the file is the network: nothing to export, nothing to fall back to
         from .onnx_model import build_onnx_file_network
@@ -120,12 +135,18 @@ def build_network(
             from .tensorrt_backend import build_tensorrt_network
 
             return backend, build_tensorrt_network(model, spec, device, cache, precision == "fp16",
-                                                   config.inference_size)
+                                                   config.inference_size, calibration)
+        if precision == "int8":
+            from .quantize import build_int8_network
+
+            if calibration is None:
+                raise BackendError("precision int8 needs calibration inputs")
+            return backend, build_int8_network(model, spec, device, cache, calibration)
         from .onnxruntime_backend import build_onnxruntime_network
 
         return backend, build_onnxruntime_network(model, spec, device, cache)
     except (BackendError, ExportError, OSError) as exc:
-        if requested != "auto":
+        if requested != "auto" or precision == "int8":
             raise
         LOG.warning("backend auto: %s could not be used (%s); running the network in PyTorch", backend,
                     str(exc)[:300])

@@ -49,7 +49,8 @@ from ..choices import DEFAULT_CACHE_MAX_MB
 LOG = logging.getLogger(__name__)
 
 #: The artifact kinds (sub-folders) this cache manages; nothing else in the folder is touched.
-KINDS = ("onnx", "tensorrt")
+#: ``onnx_int8``: quantized networks (:mod:`.quantize`), keyed also by their calibration.
+KINDS = ("onnx", "onnx_int8", "tensorrt")
 #: A sidecar larger than this is not ours (it records a key and a digest: under 2 KB).
 MAX_SIDECAR_BYTES = 64 * 1024
 #: Temporary files of builds that crashed are removed once older than this.
@@ -100,7 +101,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 class CacheKey:
     """Identity of one artifact; :meth:`digest` names it on disk."""
 
-    kind: str  # "onnx" or "tensorrt"
+    kind: str  # one of KINDS
     model: str
     variant: str
     num_classes: int

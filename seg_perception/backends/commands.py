@@ -3,6 +3,9 @@
 ``--format onnx`` writes an ONNX file (``--out``, else into the cache the engine reads);
 ``--format tensorrt`` builds the TensorRT engine for ``--size`` into the cache, the way
 production stacks build engines at install time rather than on the robot's first frame.
+``--precision int8 --calibration DATA`` builds the quantized network (or TensorRT's INT8 engine)
+exactly as the engine would, through the engine itself, so the node finds it in the cache; the
+parity gate runs too, and a refused network exits 3 with the measured agreement.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..cli_args import parse_size
+from ..cli_args import add_int8_options, int8_settings, parse_size
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -27,6 +30,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     check_crf_not_exported(args.crf)
+    if args.precision == "int8":
+        return _export_int8(args)
     if args.format == "tensorrt" and (problem := backend_problem("tensorrt", "cuda", "none")):
         raise ValueError(problem)
     if args.format == "onnx" and not args.weights and not args.out:
@@ -68,6 +73,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_int8(args: argparse.Namespace) -> int:
+    """The int8 network built by the engine itself (same calibration inputs, same cache key as
+    the node's with the same settings), its parity gate included."""
+    from ..engine import EngineConfig, SegmentationEngine
+    from ..params import parse_options
+
+    tensorrt = args.format == "tensorrt"
+    if not args.calibration:
+        raise ValueError("precision int8 needs --calibration: a drive bag folder, a Cityscapes folder or a folder "
+                         "of images like the camera's")
+    config = EngineConfig(
+        model=args.model, variant=args.variant, weights=args.weights or "", num_classes=args.num_classes,
+        model_options=parse_options(args.model_options), device="cuda" if tensorrt else "cpu", precision="int8",
+        backend="tensorrt" if tensorrt else "onnxruntime", cache_dir=args.cache_dir or "",
+        inference_size=args.size if tensorrt else args.inference_size, **int8_settings(args),
+    )
+    engine = SegmentationEngine(config)
+    network = engine.network
+    described = engine.description
+    print(f"int8 network ready: {described['backend']} ({described['artifact']})\n  {described['quantization']}\n"
+          f"  parity: {described['parity']}")
+    if args.out and not tensorrt:
+        if network.path is None:
+            raise ValueError(f"the int8 network lives in memory only ({described['artifact']}); nothing to copy")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(network.path, out)
+        print(f"wrote {out}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` to the CLI parser."""
     p = sub.add_parser("export", help="export a model to ONNX or build its TensorRT engine (cached)")
@@ -80,7 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=parse_size, default=(512, 1024),
                    help="HEIGHTxWIDTH traced (ONNX stays dynamic where the model allows) / TensorRT engine size")
     p.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
-    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"),
+                   help="TensorRT precision; int8 (onnx or tensorrt) needs --calibration")
+    add_int8_options(p)
+    p.add_argument("--inference-size", type=parse_size, default=None,
+                   help="int8 onnx: the node's inference_size, if it sets one (the calibration frames run at the "
+                        "network's size, which is part of the cache key); default each frame's own size")
     p.add_argument("--crf", default="none", choices=("none", "cpu", "gpu"),
                    help="refused with an explanation: the CRF is not part of the network")
     p.add_argument("--out", default=None, help="ONNX file to write (default: only the cache)")

@@ -14,6 +14,7 @@ mode lowers precision inside the engine instead).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,13 @@ class OnnxRuntimeNetwork:
         #: True when the ONNX file came from the cache; ``origin`` says so in words (set by the builder).
         self.cache_hit = False
         self.origin = ""
+        #: The load-time probe's parity with the fp32 reference when it ran on this session (the
+        #: parity gate's measurement on the synthetic frame); None when it ran elsewhere.
+        self.probe_report: ParityReport | None = None
+        #: How an int8 network was quantized and calibrated, in words ("" for fp32).
+        self.quantization = ""
+        #: Whatever must live as long as the session (e.g. the folder of a TensorRT calibration table).
+        self.keep_alive: Any = None
         #: (H, W) of the small run that shrinks the arenas: the size the session accepts (a
         #: TensorRT profile fixes it; the builder sets it then).
         self.release_size: tuple[int, int] = self.fixed_size or PROBE_SIZE
@@ -125,35 +133,42 @@ def probe(network: OnnxRuntimeNetwork, model: nn.Module, spec: ExportSpec,
 def build_onnxruntime_network(
     model: nn.Module, spec: ExportSpec, device: torch.device, cache: ArtifactCache,
     tensorrt: list[Any] | None = None, probe_size: tuple[int, int] | None = None, probe_on_cpu: bool = False,
+    artifact: Callable[[], OnnxArtifact] | None = None, fresh_probe_min: float = CACHE_MIN_AGREEMENT,
 ) -> OnnxRuntimeNetwork:
     """Export (or take the checked cache entry), open a session and run the parity probe.
 
     A cached file that does not load, or whose labels on the probe frame disagree with the
     PyTorch model's (agreement under :data:`~seg_perception.backends.parity.CACHE_MIN_AGREEMENT`),
-    is evicted with the reason and exported again; a fresh export that fails the probe raises
+    is evicted with the reason and exported again; a fresh export that fails the probe (under
+    ``fresh_probe_min``: 0 for a freshly quantized network, which the parity gate judges) raises
     :class:`BackendError`. ``probe_on_cpu`` probes the file on a CPU session instead of the
     serving one (TensorRT without a fixed size would build an engine for the probe's shape).
+    ``artifact`` makes the file (default: the fp32 export of ``spec``; the int8 quantizer passes its own).
     """
     providers = ["CPUExecutionProvider"] if device.type == "cpu" else cuda_providers(device, tensorrt)
-    artifact = onnx_artifact(spec, model, cache)
-    network, report = _open_and_probe(artifact, model, spec, device, providers, cache, probe_size, probe_on_cpu)
-    if network is None and artifact.hit:
-        assert artifact.path is not None
-        cache.evict(artifact.path, report)
-        artifact = onnx_artifact(spec, model, cache)
-        network, report = _open_and_probe(artifact, model, spec, device, providers, cache, probe_size, probe_on_cpu)
+    make = artifact or (lambda: onnx_artifact(spec, model, cache))
+    made = make()
+    network, report = _open_and_probe(made, model, spec, device, providers, cache, probe_size, probe_on_cpu,
+                                      CACHE_MIN_AGREEMENT if made.hit else fresh_probe_min)
+    if network is None and made.hit:
+        assert made.path is not None
+        cache.evict(made.path, report)
+        made = make()
+        network, report = _open_and_probe(made, model, spec, device, providers, cache, probe_size, probe_on_cpu,
+                                          fresh_probe_min)
+    artifact_made = made
     if network is None:
         raise BackendError(f"ONNX Runtime cannot serve the exported {spec.model}: {report}"[:600])
-    network.cache_hit = artifact.hit
-    network.origin = _origin(artifact, report, cache)
+    network.cache_hit = artifact_made.hit
+    network.origin = _origin(artifact_made, report, cache)
     LOG.info("%s %s runs on %s from %s (%s)", spec.model, spec.variant, network.name,
-             artifact.path or "memory", network.origin)
+             artifact_made.path or "memory", network.origin)
     return network
 
 
 def _open_and_probe(artifact: OnnxArtifact, model: nn.Module, spec: ExportSpec, device: torch.device,
                     providers: list[Any], cache: ArtifactCache, probe_size: tuple[int, int] | None,
-                    probe_on_cpu: bool) -> tuple[OnnxRuntimeNetwork | None, str]:
+                    probe_on_cpu: bool, min_agreement: float) -> tuple[OnnxRuntimeNetwork | None, str]:
     """(network, probe summary) when the artifact loads and passes the probe, else (None, why)."""
     try:
         network = OnnxRuntimeNetwork(artifact.source, device, spec.num_classes, providers)
@@ -164,20 +179,23 @@ def _open_and_probe(artifact: OnnxArtifact, model: nn.Module, spec: ExportSpec, 
     report = probe(checked, model, spec, probe_size)
     if report.problem:
         return None, f"it failed the parity probe against PyTorch ({report.problem})"
-    if not report.passed(CACHE_MIN_AGREEMENT):
+    if not report.passed(min_agreement):
         return None, (f"it failed the parity probe against PyTorch ({report.summary()}; at least "
-                      f"{100 * CACHE_MIN_AGREEMENT:.0f} % agreement required)")
+                      f"{100 * min_agreement:.0f} % agreement required)")
+    if checked is network:
+        network.probe_report = report
     return network, report.summary()
 
 
 def _origin(artifact: OnnxArtifact, probe_summary: str, cache: ArtifactCache) -> str:
     """Where the network came from, in one line for diagnostics."""
+    made = "quantized now" if artifact.key.kind == "onnx_int8" else "exported now"
     if artifact.hit:
         origin = f"cache hit, verified (key, sha256, metadata; probe {probe_summary})"
     elif artifact.path is not None:
-        origin = "exported now, cached"
+        origin = f"{made}, cached"
     else:
-        origin = f"exported now, in memory only ({artifact.in_memory_reason})"
+        origin = f"{made}, in memory only ({artifact.in_memory_reason})"
     if cache.evictions:
         origin = f"{origin}; rebuilt after evicting {'; '.join(cache.evictions)}"
     return origin[:600]

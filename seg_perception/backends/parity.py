@@ -1,20 +1,32 @@
-"""Parity of a network run by another backend (or precision) with its PyTorch fp32 reference.
+"""Parity of a network run by another backend or precision with its fp32 reference: the cache
+probe and the precision parity gate are the same measurement on different frames.
 
-Both see the same input; what is compared is what a user sees, the labels: the fraction of pixels
-whose label equals the reference's (*agreement*) and the mean IoU of the candidate's labels
-against the reference's over the classes either predicts. A network with another class count or
-output shape fails outright with the reason.
+Both networks see the same inputs; what is compared is what a user sees, the labels: the fraction
+of pixels whose label equals the reference's (*agreement*) and the mean IoU of the candidate's
+labels against the reference's, over the classes either predicts, pooled over every frame. A
+network with another class count or output shape fails outright with the reason.
 
-Used at load time on one small deterministic frame (:func:`parity_probe`): a cached artifact is
-served only when it reproduces the PyTorch model it is supposed to be (a different network copied
-over a cache entry agrees on a few percent of the pixels). The functions take any frames and any
-candidate, so a precision gate can run them on real frames as well.
+Two uses:
+
+* **the cache probe** (:func:`parity_probe`): one small deterministic street-like frame
+  (:func:`probe_frame`) at load time; a cached artifact is served only when it reproduces the
+  network it is supposed to be (a different network copied over a cache entry agrees on a few
+  percent of the pixels): :data:`CACHE_MIN_AGREEMENT`, whatever the gate's setting.
+* **the parity gate** (:func:`parity_check`): every engine that is not the fp32 reference (fp16,
+  int8, ONNX Runtime, TensorRT) runs its network and the reference on the parity frames: held-out
+  calibration frames, else a few frames of the live input, else the probe frame; below
+  ``parity_min_agreement`` the engine refuses itself with the measured figure
+  (:meth:`seg_perception.engine.SegmentationEngine.check_parity`,
+  :class:`~seg_perception.engine_api.ParityError`).
+
+The reference is any callable: for a registered model the PyTorch module in fp32
+(:func:`fp32_reference`); a network that exists only as an ONNX file would pass fp32 ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +35,9 @@ from torch import nn
 
 from ..normalization import Normalization
 
+__all__ = ["CACHE_MIN_AGREEMENT", "HELD_OUT", "LIVE", "PROBE_SIZE", "SYNTHETIC", "ParityReport", "fp32_reference",
+           "label_parity", "logits_parity", "parity_check", "parity_probe", "probe_frame", "probe_input"]
+
 #: (H, W) of the load-time probe frame for shape-dynamic networks: small enough to cost a few
 #: milliseconds, large enough for every registered backbone (output stride 32: a 2x3 feature map).
 PROBE_SIZE = (64, 96)
@@ -30,6 +45,14 @@ PROBE_SIZE = (64, 96)
 #: ONNX Runtime fp32 agrees on >= 99.9 % of the pixels (ties aside); a network with other weights
 #: or another architecture agrees on a few percent; 90 % leaves room for reduced-precision engines.
 CACHE_MIN_AGREEMENT = 0.9
+
+#: What the parity frames were, in the gate's order of preference (shown with the figure).
+HELD_OUT = "held-out calibration frames"
+LIVE = "live input frames"
+SYNTHETIC = "the synthetic probe frame"
+
+#: A network as the gate calls it: ``(N, 3, H, W)`` float in, ``(N, C, H, W)`` logits out.
+Network = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,9 @@ class ParityReport:
     pixels: int
     #: Why the candidate could not be compared at all (shape, class count, a failed run); "" when it could.
     problem: str = ""
+    #: How many frames were compared, and what they were (:data:`HELD_OUT`, :data:`LIVE`, :data:`SYNTHETIC`).
+    frames: int = 1
+    source: str = ""
 
     def passed(self, min_agreement: float) -> bool:
         return not self.problem and self.agreement >= min_agreement
@@ -50,7 +76,27 @@ class ParityReport:
     def summary(self) -> str:
         if self.problem:
             return self.problem
-        return f"label agreement {100 * self.agreement:.1f} %, mIoU {100 * self.mean_iou:.1f} % on {self.pixels} pixels"
+        where = f" on {self.frames} {self.source}" if self.source and self.source != SYNTHETIC else \
+            (f" on {self.source}" if self.source else "")
+        return (f"label agreement {100 * self.agreement:.2f} %, mIoU {100 * self.mean_iou:.1f} %{where} "
+                f"({self.pixels} pixels)")
+
+
+def _confusion(got: np.ndarray, expected: np.ndarray, classes: int) -> np.ndarray:
+    index = expected.astype(np.int64).ravel() * classes + got.astype(np.int64).ravel()
+    return np.bincount(index, minlength=classes * classes).reshape(classes, classes)
+
+
+def _report(confusion: np.ndarray, frames: int = 1, source: str = "") -> ParityReport:
+    pixels = int(confusion.sum())
+    if pixels == 0:
+        return ParityReport(1.0, 1.0, 0, frames=frames, source=source)
+    intersection = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    return ParityReport(agreement=float(intersection.sum() / pixels),
+                        mean_iou=float((intersection[present] / union[present]).mean()), pixels=pixels,
+                        frames=frames, source=source)
 
 
 def label_parity(candidate: np.ndarray, reference: np.ndarray) -> ParityReport:
@@ -61,26 +107,30 @@ def label_parity(candidate: np.ndarray, reference: np.ndarray) -> ParityReport:
                                                           f"{expected.shape}")
     if expected.size == 0:
         return ParityReport(1.0, 1.0, 0)
-    got, expected = got.astype(np.int64).ravel(), expected.astype(np.int64).ravel()
     classes = int(max(got.max(), expected.max())) + 1
-    confusion = np.bincount(expected * classes + got, minlength=classes * classes).reshape(classes, classes)
-    intersection = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    present = union > 0
-    return ParityReport(agreement=float(intersection.sum() / expected.size),
-                        mean_iou=float((intersection[present] / union[present]).mean()), pixels=int(expected.size))
+    return _report(_confusion(got, expected, classes))
+
+
+def _logits_problem(candidate: torch.Tensor, reference: torch.Tensor) -> str:
+    if candidate.ndim != 4 or tuple(candidate.shape[:1] + candidate.shape[2:]) != \
+            tuple(reference.shape[:1] + reference.shape[2:]):
+        return f"the network outputs shape {tuple(candidate.shape)}, expected {tuple(reference.shape)}"
+    if candidate.shape[1] != reference.shape[1]:
+        return f"the network outputs {candidate.shape[1]} classes, expected {reference.shape[1]}"
+    return ""
+
+
+def _labels(logits: torch.Tensor) -> np.ndarray:
+    """Labels of ``(N, C, H, W)`` logits, first maximum wins (as the engine takes them)."""
+    return logits.float().max(dim=1).indices.cpu().numpy()
 
 
 def logits_parity(candidate: torch.Tensor, reference: torch.Tensor) -> ParityReport:
     """Parity of two ``(N, C, H, W)`` logit tensors through their labels (first maximum wins)."""
-    if candidate.ndim != 4 or tuple(candidate.shape[:1] + candidate.shape[2:]) != \
-            tuple(reference.shape[:1] + reference.shape[2:]):
-        return ParityReport(0.0, 0.0, int(reference[:, 0].numel()),
-                            f"the network outputs shape {tuple(candidate.shape)}, expected {tuple(reference.shape)}")
-    if candidate.shape[1] != reference.shape[1]:
-        return ParityReport(0.0, 0.0, int(reference[:, 0].numel()),
-                            f"the network outputs {candidate.shape[1]} classes, expected {reference.shape[1]}")
-    return label_parity(candidate.float().argmax(1).cpu().numpy(), reference.float().argmax(1).cpu().numpy())
+    problem = _logits_problem(candidate, reference)
+    if problem:
+        return ParityReport(0.0, 0.0, int(reference[:, 0].numel()), problem)
+    return label_parity(_labels(candidate), _labels(reference))
 
 
 def probe_frame(height: int, width: int) -> np.ndarray:
@@ -116,18 +166,46 @@ def fp32_reference(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def parity_probe(candidate: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, x: torch.Tensor,
-                 device: torch.device | None = None) -> ParityReport:
-    """Run ``x`` through the candidate (on ``device``) and the fp32 reference (on its own
-    device) and compare their labels; a candidate that fails to run fails the probe."""
-    reference = fp32_reference(reference)
-    params = list(reference.parameters())
-    ref_device = params[0].device if params else torch.device("cpu")
+def _reference(reference: nn.Module | Network) -> tuple[Network, torch.device]:
+    """The reference as a callable and the device its inputs go to."""
+    if isinstance(reference, nn.Module):
+        module = fp32_reference(reference)
+        params = list(module.parameters())
+        return module, params[0].device if params else torch.device("cpu")
+    return reference, torch.device("cpu")
+
+
+def parity_check(candidate: Network, reference: nn.Module | Network, inputs: Sequence[torch.Tensor],
+                 device: torch.device | None = None, source: str = "") -> ParityReport:
+    """Run every input (``(N, 3, H, W)``, normalised) through the candidate (on ``device``, in the
+    input's dtype) and the fp32 reference (a module on its own device in fp32, or any callable on
+    the CPU), and compare their labels pooled over all inputs. A candidate that fails to run, or
+    whose output has another shape or class count, fails the check with the reason."""
+    ref, ref_device = _reference(reference)
+    confusion: np.ndarray | None = None
+    pixels = 0
     with torch.inference_mode():
-        expected = reference(x.to(ref_device)).float().cpu()
-        try:
-            got = candidate(x.to(device or ref_device)).float().cpu()
-        except Exception as exc:  # a network that cannot run the probe is not the right network
-            return ParityReport(0.0, 0.0, int(expected[:, 0].numel()),
-                                f"the network failed on the probe frame: {type(exc).__name__}: {str(exc)[:200]}")
-    return logits_parity(got, expected)
+        for index, x in enumerate(inputs):
+            expected = ref(x.float().to(ref_device)).float().cpu()
+            pixels += int(expected[:, 0].numel())
+            try:
+                got = candidate(x.to(device or ref_device)).float().cpu()
+            except Exception as exc:  # a network that cannot run the frame is not the right network
+                where = "the probe frame" if source in ("", SYNTHETIC) else f"{source} ({index + 1} of {len(inputs)})"
+                return ParityReport(0.0, 0.0, pixels, f"the network failed on {where}: {type(exc).__name__}: "
+                                                      f"{str(exc)[:200]}", len(inputs), source)
+            problem = _logits_problem(got, expected)
+            if problem:
+                return ParityReport(0.0, 0.0, pixels, problem, len(inputs), source)
+            classes = int(expected.shape[1])
+            frame = _confusion(_labels(got), _labels(expected), classes)
+            confusion = frame if confusion is None else confusion + frame
+    if confusion is None:
+        return ParityReport(1.0, 1.0, 0, "no parity frames", 0, source)
+    return _report(confusion, len(inputs), source)
+
+
+def parity_probe(candidate: Network, reference: nn.Module | Network, x: torch.Tensor,
+                 device: torch.device | None = None) -> ParityReport:
+    """The cache probe: :func:`parity_check` on the one probe input ``x``."""
+    return parity_check(candidate, reference, [x], device, SYNTHETIC)

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from ..backends.base import BACKENDS
-from ..cli_args import parse_size
+from ..choices import PRECISIONS
+from ..cli_args import add_int8_options, parse_size
+from ..engine_api import ParityError
 
 
 def _print_untrained_banner() -> None:
@@ -51,7 +53,8 @@ def _values(args: argparse.Namespace) -> dict:
 
     return resolve_params(args.config, model=args.model, variant=args.variant, weights=args.weights,
                           model_options=args.model_options, device=args.device, precision=args.precision,
-                          backend=args.backend)
+                          backend=args.backend, calibration=args.calibration,
+                          calibration_frames=args.calibration_frames, parity_min_agreement=args.parity_min_agreement)
 
 
 def _gpus_per_worker(args: argparse.Namespace, values: dict) -> float:
@@ -131,6 +134,9 @@ def _run_eval(args: argparse.Namespace, drives: list, notes: list[str] | None = 
         print(f"seg-perception {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print_report(report, paths)
+    fallback = (report["engine"] or {}).get("parity_fallback")
+    if fallback:  # live: the node served the fp32 reference instead of the engine asked for
+        raise ParityError(f"{fallback} (the report shows the reference's numbers)", 0.0, 0.0)
     pooled = report["pooled"]
     return 1 if pooled["drives_failed"] or not pooled["frames"]["all_accounted"] else 0
 
@@ -171,7 +177,8 @@ def _add_eval_options(p: argparse.ArgumentParser, threads: int | None = None) ->
     p.add_argument("--weights", default=None, help="checkpoint; without one the model is untrained")
     p.add_argument("--model-options", default=None, help="YAML mapping of builder options")
     p.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"))
-    p.add_argument("--precision", default=None, choices=("fp16", "fp32"))
+    p.add_argument("--precision", default=None, choices=PRECISIONS[1:], help="int8 needs --calibration")
+    add_int8_options(p, defaults=False)
     p.add_argument("--backend", default=None, choices=BACKENDS, help="what runs the network (docs/BACKENDS.md)")
     p.add_argument("--speed", type=float, default=1.0, help="live replay rate as a multiple of the recorded rate")
     p.add_argument("--overlays", type=int, default=4,

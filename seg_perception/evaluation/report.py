@@ -296,6 +296,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"- model: {engine.get('model')} {engine.get('variant')} ({engine.get('parameters', 0):,} parameters), "
             f"weights: {engine.get('weights')}",
             f"- device: {engine.get('device')}, precision {engine.get('precision')}",
+            *([f"- parity gate: {engine['parity']}"] if engine.get("parity") else []),
+            *([f"- **parity gate refused the requested engine**: {engine['parity_fallback']}"]
+              if engine.get("parity_fallback") else []),
             *_sources(report),
             f"- images: {', '.join(report['inputs']['transports'])}",
             f"- created: {report['created']}", ""]

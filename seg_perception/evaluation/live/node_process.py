@@ -168,7 +168,8 @@ def parse_diagnostics(values: Mapping[str, str]) -> dict[str, Any]:
         keys = {q: f"{stage}_ms_{q}" for q in ("p50", "p90", "p99", "max")}
         if all(k in values for k in keys.values()):
             stages[stage] = {q: float(values[k]) for q, k in keys.items()}
-    engine_keys = ("model", "variant", "device", "precision", "parameters", "weights", "crf", "compile")
+    engine_keys = ("model", "variant", "device", "precision", "parameters", "weights", "crf", "compile", "backend",
+                   "quantization", "parity", "parity_agreement", "parity_fallback")
     engine = {k: _number(values[k]) if k == "parameters" else values[k] for k in engine_keys if k in values}
     return {"books": books, "stages": stages, "engine": engine}
 
