@@ -67,9 +67,12 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def sp(args: list[str], commands: list[str], quiet: bool = True) -> None:
-    """Run ``seg-perception ARGS`` (this checkout's), recording the command line."""
+def sp(args: list[str], commands: list[str], done: bool = False, quiet: bool = True) -> None:
+    """Run ``seg-perception ARGS`` (this checkout's) unless it is ``done`` (an earlier invocation
+    ran it); the command line is recorded either way."""
     commands.append("seg-perception " + " ".join(args))
+    if done:
+        return
     cmd = [sys.executable, "-m", "seg_perception.cli", *args]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=quiet, text=True)
     if result.returncode != 0:
@@ -81,24 +84,21 @@ def render(work: Path, frames: int, size: str, commands: list[str]) -> tuple[lis
     for i, seed in enumerate(POOL_SEEDS):
         style = STYLES[i % len(STYLES)]
         out = work / "drives" / f"pool_{seed}_{style}"
-        if not (out / "bag" / "metadata.yaml").exists():
-            sp(["make-sample-drive", str(out), "--frames", str(frames), "--size", size, "--seed", str(seed),
-                "--style", style], commands)
+        sp(["make-sample-drive", str(out), "--frames", str(frames), "--size", size, "--seed", str(seed),
+            "--style", style], commands, done=(out / "bag" / "metadata.yaml").exists())
         pool.append(out)
     for style, seed in TEST_SEEDS.items():
         out = work / "drives" / f"test_{seed}_{style}"
-        if not (out / "bag" / "metadata.yaml").exists():
-            sp(["make-sample-drive", str(out), "--frames", "24", "--size", size, "--seed", str(seed),
-                *([] if style == "clear" else ["--style", style])], commands)
+        sp(["make-sample-drive", str(out), "--frames", "24", "--size", size, "--seed", str(seed),
+            *([] if style == "clear" else ["--style", style])], commands, done=(out / "bag" / "metadata.yaml").exists())
         tests[style] = out
     return pool, tests
 
 
 def render_replay(work: Path, frames: int, size: str, commands: list[str]) -> Path:
     out = work / "drives" / f"replay_{REPLAY_SEED}_clear_{frames}"
-    if not (out / "bag" / "metadata.yaml").exists():
-        sp(["make-sample-drive", str(out), "--frames", str(frames), "--size", size, "--seed", str(REPLAY_SEED)],
-           commands)
+    sp(["make-sample-drive", str(out), "--frames", str(frames), "--size", size, "--seed", str(REPLAY_SEED)],
+       commands, done=(out / "bag" / "metadata.yaml").exists())
     return out
 
 
@@ -174,14 +174,15 @@ def build_sets(work: Path, pool: list[Path], k: int, seeds: list[int], threads: 
     renderer's ground truth as the corrected labels."""
     sets: dict[str, Path] = {}
     mined = work / "sets" / "mined"
-    if not (mined / "mined.csv").exists():
-        if mined.exists():
-            shutil.rmtree(mined)
-        args = ["mine", "--weights", "synthetic_street", "--top", str(k), "--out", str(mined), "--device", "cpu",
-                "--threads", str(threads), "--no-progress"]
-        for drive in pool:
-            args += ["--bag", str(drive / "bag")]
-        sp(args, commands)
+    done = (mined / "corrected").exists()
+    if not done and mined.exists():
+        shutil.rmtree(mined)
+    args = ["mine", "--weights", "synthetic_street", "--top", str(k), "--out", str(mined), "--device", "cpu",
+            "--threads", str(threads), "--no-progress"]
+    for drive in pool:
+        args += ["--bag", str(drive / "bag")]
+    sp(args, commands, done=done)
+    if not done:
         import csv
 
         with (mined / "mined.csv").open() as f:
@@ -216,26 +217,26 @@ def train_and_eval(work: Path, name: str, data: Path | None, seed: int, tests: d
     seconds = None
     if data is not None:
         run = work / "runs" / f"{name}_seed{seed}"
-        if not (run / "done").exists():
-            if run.exists():
-                shutil.rmtree(run)
-            began = time.monotonic()
-            replay_data = [] if replay is None else [str(replay / "bag")]  # a bag: read whatever the split
-            sp(["train", "--data", str(data), *replay_data, "--init", "synthetic_street", "--out", str(run),
-                "--iterations", str(args.iterations), "--batch-size", str(args.batch_size), "--crop", args.crop,
-                "--optimizer", "adamw", "--lr", str(args.lr), "--warmup", str(max(1, args.iterations // 10)),
-                "--val-every", str(args.iterations), "--num-workers", "0", "--threads", str(args.threads),
-                "--seed", str(seed), "--device", "cpu", "--no-progress"], commands)
+        done = (run / "done").exists()
+        if not done and run.exists():
+            shutil.rmtree(run)
+        began = time.monotonic()
+        replay_data = [] if replay is None else [str(replay / "bag")]  # a bag: read whatever the split
+        sp(["train", "--data", str(data), *replay_data, "--init", "synthetic_street", "--out", str(run),
+            "--iterations", str(args.iterations), "--batch-size", str(args.batch_size), "--crop", args.crop,
+            "--optimizer", "adamw", "--lr", str(args.lr), "--warmup", str(max(1, args.iterations // 10)),
+            "--val-every", str(args.iterations), "--num-workers", "0", "--threads", str(args.threads),
+            "--seed", str(seed), "--device", "cpu", "--no-progress"], commands, done=done)
+        if not done:
             (run / "done").write_text(f"{time.monotonic() - began:.1f}\n")
         seconds = float((run / "done").read_text())
         weights = str(run / "best.pth")
     report_dir = work / "eval" / (f"{name}_seed{seed}" if data is not None else "shipped")
-    if not (report_dir / "report.json").exists():
-        eval_args = ["eval", "--mode", "offline", "--weights", weights, "--out", str(report_dir), "--device", "cpu",
-                     "--threads", str(args.threads), "--no-progress"]
-        for drive in tests.values():
-            eval_args += ["--bag", str(drive / "bag")]
-        sp(eval_args, commands)
+    eval_args = ["eval", "--mode", "offline", "--weights", weights, "--out", str(report_dir), "--device", "cpu",
+                 "--threads", str(args.threads), "--no-progress"]
+    for drive in tests.values():
+        eval_args += ["--bag", str(drive / "bag")]
+    sp(eval_args, commands, done=(report_dir / "report.json").exists())
     report = json.loads((report_dir / "report.json").read_text())
     by_drive = {d["name"]: d["miou"] for d in report["drives"]}
     result = {style: by_drive[f"{drive.name}/bag"] for style, drive in tests.items()}
@@ -275,10 +276,20 @@ def plot(path: Path, shipped: dict[str, Any], runs: dict[str, list[dict[str, Any
     ax.set_ylabel("mIoU on held-out drive (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.16), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -345,14 +356,14 @@ def main() -> int:
         "runs": runs,
         "summary": summarise(runs),
         "commands": commands,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
-        "wall_s": time.monotonic() - began,
+        "wall_s_this_invocation": time.monotonic() - began,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     plot(Path(args.plot), shipped, runs)
-    log(f"wrote {args.json} and {args.plot} in {out['wall_s'] / 60:.1f} min")
+    log(f"wrote {args.json} and {args.plot} in {out['wall_s_this_invocation'] / 60:.1f} min")
     s = out["summary"]
     for arm in ("random", "mined"):
         log(f"{arm}: shifted mean mIoU {100 * s[arm]['shifted_mean']['mean']:.1f} ± "

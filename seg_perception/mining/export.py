@@ -45,7 +45,9 @@ CSV_COLUMNS = ("rank", "score", "drive", "bag", "camera", "topic", "frame_index"
                "pseudo_labels")
 #: Contact sheet: tile size (image area, width x height), caption band, columns, background.
 TILE = (256, 128)
-CAPTION_PX = 18
+CAPTION_PX = 30
+#: Characters of a caption line that fit a tile.
+CAPTION_CHARS = 44
 MAX_COLUMNS = 6
 BACKGROUND = (24, 24, 24)
 OVERLAY_ALPHA = 0.45
@@ -67,8 +69,9 @@ def written_files(out: Path) -> list[Path]:
     return files
 
 
-def tile(rgb: np.ndarray, train_ids: np.ndarray, caption: str) -> np.ndarray:
-    """One contact-sheet tile: the frame with its labels over it, letterboxed, and a caption."""
+def tile(rgb: np.ndarray, train_ids: np.ndarray, caption: tuple[str, str]) -> np.ndarray:
+    """One contact-sheet tile: the frame with its labels over it, letterboxed, and two caption
+    lines (a line too long keeps its end, where drive and frame names differ)."""
     blend = rgb.astype(np.float32) * (1 - OVERLAY_ALPHA) + colorize(train_ids).astype(np.float32) * OVERLAY_ALPHA
     height, width = rgb.shape[:2]
     scale = min(TILE[0] / width, TILE[1] / height)
@@ -77,8 +80,10 @@ def tile(rgb: np.ndarray, train_ids: np.ndarray, caption: str) -> np.ndarray:
     out = np.full((TILE[1] + CAPTION_PX, TILE[0], 3), BACKGROUND, np.uint8)
     y, x = (TILE[1] - size[1]) // 2, (TILE[0] - size[0]) // 2
     out[y:y + size[1], x:x + size[0]] = small
-    cv2.putText(out, caption[:42], (3, TILE[1] + CAPTION_PX - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255),
-                1, cv2.LINE_AA)
+    for row, line in enumerate(caption):
+        line = line if len(line) <= CAPTION_CHARS else ".." + line[-(CAPTION_CHARS - 2):]
+        cv2.putText(out, line, (3, TILE[1] + 12 + 13 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.37, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return out
 
 
@@ -125,8 +130,8 @@ def export(out: Path, chosen: Sequence[Candidate], drives: Sequence[Drive], engi
                     "image": str(image_path(out, SPLIT, CITY, name).relative_to(out)),
                     "pseudo_labels": str(gt_path(out, SPLIT, CITY, name).relative_to(out)),
                 }
-                tiles[rank - 1] = tile(rgb, labels, f"#{rank} {c.score:.4f} {c.camera[:12]} f{c.index} "
-                                                    f"{drives[drive].name[-14:]}")
+                tiles[rank - 1] = tile(rgb, labels, (f"#{rank}  score {c.score:.4f}",
+                                                     f"{drives[drive].name} {c.camera} frame {c.index}"))
                 bar.update(1)
                 if not remaining:
                     break

@@ -19,7 +19,9 @@ probability, 8 bits) and the labels.
 Entropy and margin (top-1 minus top-2) would need every class's probability on the host: a
 19-channel download per frame that no serving backend provides; the max probability carries most of
 that information for a well-trained model. How well each score finds the frames the model gets
-wrong on shifted drives is measured in docs/TRAINING.md (mining study).
+wrong on shifted drives is measured in docs/TRAINING.md (mining study): none of them sees a frame
+the model gets wrong with confidence (there, fog), and on that pool none ranked the frames by their
+true error better than the others, so the default stayed the simplest exact one.
 """
 
 from __future__ import annotations
