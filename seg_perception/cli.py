@@ -96,9 +96,10 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Functions that add the evaluation and data subcommands to the parser."""
     from .backends.commands import register as register_export
     from .evaluation.commands import register
+    from .mining.command import register as register_mine
     from .training.command import register as register_train
 
-    return [register, register_export, register_train]
+    return [register, register_export, register_train, register_mine]
 
 
 #: Exit status when the parity gate refused the engine (its measured agreement is printed).

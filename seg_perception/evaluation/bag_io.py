@@ -13,6 +13,10 @@ cameras of a bag by this convention. ``rosbags`` needs no ROS install; the bags 
 writes are rosbag2 format version 9 (sqlite3 or mcap storage), the format ``ros2 bag`` writes on
 Jazzy, so Jazzy and later can play them.
 
+Drives without ground truth (what a car records; mining needs none) are read as images only:
+:func:`find_cameras` with ``need_gt=False`` lists every ``/<cam>/image_raw[/compressed]`` and a
+:class:`DriveBag` opened with ``gt_topic=None`` yields every image with ``gt=None``.
+
 Reading pairs an image with the ground truth of the same header stamp, in the order the images
 were recorded; when several images share a stamp, the k-th image of a stamp pairs with the k-th
 ground truth of that stamp. Before reading, a census of every header stamp (read from the raw CDR
@@ -205,7 +209,8 @@ class BagInfo:
     #: topic -> (message type, message count)
     topics: dict[str, tuple[str, int]]
     image_topic: str
-    gt_topic: str
+    #: None: the bag was opened for its images only.
+    gt_topic: str | None
     image_count: int
     gt_count: int
     duration_s: float
@@ -282,11 +287,11 @@ def _resolve_image_topic(image_topic: str, topics: dict[str, tuple[str, int]]) -
 
 @dataclass(frozen=True)
 class CameraTopics:
-    """One camera of a drive bag: its name and the topics to read."""
+    """One camera of a drive bag: its name and the topics to read (``gt_topic`` None: images only)."""
 
     name: str
     image_topic: str
-    gt_topic: str
+    gt_topic: str | None
 
 
 def list_cameras(topics: dict[str, tuple[str, int]]) -> list[CameraTopics]:
@@ -304,8 +309,26 @@ def list_cameras(topics: dict[str, tuple[str, int]]) -> list[CameraTopics]:
     return cameras
 
 
-def find_cameras(path: str | Path, names: Sequence[str] | None = None) -> list[CameraTopics]:
-    """The cameras of the bag at ``path`` (all, or the given ``names`` in that order).
+def list_image_cameras(topics: dict[str, tuple[str, int]]) -> list[CameraTopics]:
+    """Cameras by their images alone: every ``/<cam>/image_raw`` (``sensor_msgs/Image``) or
+    ``/<cam>/image_raw/compressed`` (``sensor_msgs/CompressedImage``), raw preferred, sorted by name;
+    ``gt_topic`` None (read for the images only)."""
+    names = set()
+    for topic, (msgtype, _) in topics.items():
+        if (topic.endswith("/image_raw") and msgtype == IMAGE_TYPE) or \
+                (topic.endswith("/image_raw/compressed") and msgtype == COMPRESSED_TYPE):
+            names.add(camera_name(topic))
+    cameras = []
+    for name in sorted(names):
+        raw = camera_topics(name)[0]
+        image_topic = raw if topics.get(raw, ("",))[0] == IMAGE_TYPE else f"{raw}/compressed"
+        cameras.append(CameraTopics(name, image_topic, None))
+    return cameras
+
+
+def find_cameras(path: str | Path, names: Sequence[str] | None = None, need_gt: bool = True) -> list[CameraTopics]:
+    """The cameras of the bag at ``path`` (all, or the given ``names`` in that order): with ground
+    truth (:func:`list_cameras`), or, ``need_gt=False``, every camera's images (:func:`list_image_cameras`).
 
     Raises :class:`BagError` naming the topics when the bag has no camera or lacks a named one.
     """
@@ -317,7 +340,7 @@ def find_cameras(path: str | Path, names: Sequence[str] | None = None) -> list[C
             topics = {n: (i.msgtype or "(mixed types)", i.msgcount) for n, i in reader.topics.items()}
     except (ReaderError, sqlite3.Error, OSError, KeyError, ValueError) as exc:
         raise BagError(f"cannot open bag {path} (unreadable or not a rosbag2): {type(exc).__name__}: {exc}") from exc
-    found = {c.name: c for c in list_cameras(topics)}
+    found = {c.name: c for c in (list_cameras(topics) if need_gt else list_image_cameras(topics))}
     if names:
         missing = [n for n in names if n not in found]
         if missing:
@@ -325,8 +348,8 @@ def find_cameras(path: str | Path, names: Sequence[str] | None = None) -> list[C
                            f"{', '.join(found) or 'none'}); {_describe_topics(topics)}"[:2000])
         return [found[n] for n in names]
     if not found:
-        raise BagError(f"bag {path} has no camera (/<cam>/image_raw with /<cam>/semantic_gt); "
-                       f"{_describe_topics(topics)}"[:2000])
+        wanted = "/<cam>/image_raw with /<cam>/semantic_gt" if need_gt else "/<cam>/image_raw[/compressed]"
+        raise BagError(f"bag {path} has no camera ({wanted}); {_describe_topics(topics)}"[:2000])
     return list(found.values())
 
 
@@ -339,13 +362,13 @@ def camera_name(image_topic: str) -> str:
 
 
 def select_cameras(path: str | Path, names: Sequence[str] | None = None,
-                   topics: tuple[str, str] | None = None) -> list[CameraTopics]:
+                   topics: tuple[str, str | None] | None = None, need_gt: bool = True) -> list[CameraTopics]:
     """The cameras to evaluate in the bag at ``path``: by ``names`` (None: every camera found by the
     naming convention, :func:`find_cameras`), or the one camera of explicit ``topics`` (image,
-    ground truth), checked to exist (a missing one raises :class:`BagError` naming the topics
+    ground truth or None), checked to exist (a missing one raises :class:`BagError` naming the topics
     the bag does have)."""
     if topics is None:
-        return find_cameras(path, names)
+        return find_cameras(path, names, need_gt)
     if names:
         raise ValueError("name cameras (--cameras) or give one camera's topics (--image-topic/--gt-topic), not both")
     image_topic, gt_topic = topics
@@ -355,9 +378,10 @@ def select_cameras(path: str | Path, names: Sequence[str] | None = None,
 
 
 class DriveBag:
-    """A bag opened for evaluation. Use as a context manager; :meth:`frames` streams pairs."""
+    """A bag opened for evaluation. Use as a context manager; :meth:`frames` streams pairs
+    (``gt_topic`` None: the images alone, each with ``gt=None``)."""
 
-    def __init__(self, path: str | Path, image_topic: str = IMAGE_TOPIC, gt_topic: str = GT_TOPIC) -> None:
+    def __init__(self, path: str | Path, image_topic: str = IMAGE_TOPIC, gt_topic: str | None = GT_TOPIC) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"bag not found: {self.path}")
@@ -374,6 +398,8 @@ class DriveBag:
         image_topic = _resolve_image_topic(image_topic, topics)
         self.image_topic = image_topic
         for topic, role in ((image_topic, "image"), (gt_topic, "ground-truth")):
+            if topic is None:
+                continue
             if topic not in topics:
                 self._reader.close()
                 raise BagError(f"bag {self.path} has no {role} topic {topic!r}; {_describe_topics(topics)}")
@@ -385,7 +411,8 @@ class DriveBag:
         storage = "mcap" if any(self.path.rglob("*.mcap")) or self.path.suffix == ".mcap" else "sqlite3"
         self.info = BagInfo(
             path=str(self.path), storage=storage, topics=topics, image_topic=image_topic,
-            gt_topic=gt_topic, image_count=topics[image_topic][1], gt_count=topics[gt_topic][1],
+            gt_topic=gt_topic, image_count=topics[image_topic][1],
+            gt_count=topics[gt_topic][1] if gt_topic is not None else 0,
             duration_s=self._reader.duration / 1e9,
             image_transport="compressed" if topics[image_topic][0] == COMPRESSED_TYPE else "raw",
         )
@@ -425,7 +452,7 @@ class DriveBag:
     def _note_census(self) -> None:
         for topic, counted, listed in ((self.image_topic, self.census.images.total(), self.info.image_count),
                                        (self.gt_topic, self.census.gts.total(), self.info.gt_count)):
-            if counted > listed:
+            if topic is not None and counted > listed:
                 self.pairing.notes.append(f"the bag's metadata lists {listed} messages on {topic} but it holds "
                                           f"{counted}; all of them are read")
         if self.ambiguous_stamps:
@@ -453,6 +480,9 @@ class DriveBag:
     def frames(self) -> Iterator[BagFrame]:
         """Images in recording order, each with the ground truth of the same header stamp (the
         k-th image of a stamp with the k-th ground truth of that stamp)."""
+        if self.gt_topic is None:
+            yield from self._images_only()
+            return
         images: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (stamp, k) -> image
         gts: dict[tuple[int, int], Any] = {}
         seen: dict[str, Counter] = {self.image_topic: Counter(), self.gt_topic: Counter()}
@@ -499,12 +529,22 @@ class DriveBag:
         for key, image in images.items():
             yield emit(key, image, gts.pop(key, None))
         self.pairing.gt_without_image += len(gts)
-        missing = self.info.image_count - index
+        self._note_unread(index)
+
+    def _images_only(self) -> Iterator[BagFrame]:
+        index = 0
+        for _, msg in self._messages():
+            yield BagFrame(index, stamp_to_ns(msg.header.stamp), msg.header.frame_id, msg, None, "no_ground_truth")
+            index += 1
+        self._note_unread(index)
+
+    def _note_unread(self, read: int) -> None:
+        missing = self.info.image_count - read
         if missing > 0:
             self.pairing.unreadable_images = missing
             self.pairing.notes.append(
                 f"the bag's metadata lists {self.info.image_count} images on {self.image_topic} but "
-                f"only {index} could be read (truncated bag?)"
+                f"only {read} could be read (truncated bag?)"
             )
 
 

@@ -12,6 +12,7 @@ from ..backends.base import BACKENDS
 from ..choices import PRECISIONS
 from ..cli_args import add_int8_options, parse_size
 from ..engine_api import ParityError
+from .sample_styles import STYLES
 
 
 def _print_untrained_banner() -> None:
@@ -38,12 +39,13 @@ def cmd_make_sample_drive(args: argparse.Namespace) -> int:
     cameras = parse_cameras(args.cameras) if args.cameras else None
     try:
         drive = make_sample_drive(args.out, args.frames, args.size, args.seed, args.storage, cameras=cameras,
-                                  compressed=args.compressed, jpeg_quality=args.jpeg_quality)
+                                  compressed=args.compressed, jpeg_quality=args.jpeg_quality, style=args.style)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None
     topics = (", ".join(f"/{n}/image_raw{'/compressed' if args.compressed else ''} + /{n}/semantic_gt"
                         for n, _ in cameras) if cameras else "/camera/image_raw + /camera/semantic_gt")
-    print(f"sample drive: {drive.frames} frames\n  Cityscapes folder: {drive.cityscapes}\n  bag: {drive.bag} "
+    style = f" ({args.style})" if args.style else ""
+    print(f"sample drive{style}: {drive.frames} frames\n  Cityscapes folder: {drive.cityscapes}\n  bag: {drive.bag} "
           f"({topics})")
     return 0
 
@@ -252,6 +254,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", default=None,
                    help="render the street from several cameras, e.g. front,left,right (or name=YAW_DEG); "
                         "topics /<cam>/image_raw and /<cam>/semantic_gt per camera")
+    p.add_argument("--style", default=None, choices=STYLES,
+                   help="render a shifted domain: the same street and ground truth at dusk, in fog or in rain "
+                        "(light, contrast, noise; default: a clear day)")
     _add_compression_options(p)
     p.set_defaults(func=cmd_make_sample_drive)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from .bag_io import DEFAULT_JPEG_QUALITY, DriveBagWriter
 from .cityscapes_folder import DEFAULT_RATE_HZ, cityscapes_to_bag, stamp_ns, write_pair
+from .sample_styles import apply_style, check_style
 
 # Cityscapes label ids (cityscapesScripts labels.py).
 EGO_VEHICLE, ROAD, SIDEWALK, BUILDING, POLE = 1, 7, 8, 11, 17
@@ -202,8 +203,9 @@ def _lookup(segments: list[Segment], z: np.ndarray) -> tuple[np.ndarray, np.ndar
 class Renderer:
     """Draws frames of a :class:`World` seen by a :class:`Camera`."""
 
-    def __init__(self, world: World, camera: Camera, seed: int) -> None:
-        self.world, self.camera, self.seed = world, camera, seed
+    def __init__(self, world: World, camera: Camera, seed: int, style: str | None = None) -> None:
+        check_style(style)
+        self.world, self.camera, self.seed, self.style = world, camera, seed, style
         h, w = camera.height, camera.width
         self.rows = np.arange(h, dtype=np.float32)[:, None]
         self.cols = np.arange(w, dtype=np.float32)[None, :]
@@ -231,6 +233,8 @@ class Renderer:
         for thing in things:
             self._thing(image, labels, thing, camera_z)
         self._hood(image, labels)
+        if self.style is not None:  # light, weather and sensor; the labels stay as they are
+            image = apply_style(image, self.style, self.seed, frame, cam.cy, cam.f * CAMERA_HEIGHT, labels == SKY)
         rng = np.random.default_rng((self.seed, frame))
         image += rng.normal(0.0, 5.0, image.shape).astype(np.float32)
         image = cv2.GaussianBlur(image, (3, 3), 0.6)
@@ -390,14 +394,16 @@ def _clip_near(points: np.ndarray, near: float) -> np.ndarray:
     return np.array(out).reshape(-1, 3)
 
 
-def render_drive(frames: int, height: int, width: int, seed: int = 0, yaw_deg: float = 0.0):
-    """Yield (RGB, label ids) for each frame of the drive, seen by a camera turned by ``yaw_deg``."""
+def render_drive(frames: int, height: int, width: int, seed: int = 0, yaw_deg: float = 0.0,
+                 style: str | None = None):
+    """Yield (RGB, label ids) for each frame of the drive, seen by a camera turned by ``yaw_deg``,
+    in a shifted domain ``style`` (:mod:`.sample_styles`; None: the clear day)."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if height < 16 or width < 16:
         raise ValueError(f"size must be at least 16x16, got {height}x{width}")
     world = World(seed, frames * SPEED_M_PER_FRAME + FAR_M + 10.0)
-    renderer = Renderer(world, Camera(height, width, yaw_deg), seed)
+    renderer = Renderer(world, Camera(height, width, yaw_deg), seed, style)
     for i in range(frames):
         yield renderer.render(i)
 
@@ -439,15 +445,18 @@ def stem(index: int) -> str:
 def make_sample_drive(out: str | Path, frames: int = 32, size: tuple[int, int] = (256, 512), seed: int = 0,
                       storage: str = "sqlite3", rate_hz: float = DEFAULT_RATE_HZ,
                       progress: bool = True, cameras: Sequence[tuple[str, float]] | None = None,
-                      compressed: str | None = None, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> SampleDrive:
+                      compressed: str | None = None, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                      style: str | None = None) -> SampleDrive:
     """Render the drive into ``out/cityscapes`` (Cityscapes layout) and convert it to ``out/bag``.
 
     ``out`` must not exist or be a sample drive written before (it is then replaced), so that a
     typo cannot delete an unrelated folder. ``cameras`` [(name, yaw degrees)] renders the same
     street from each camera with the same stamps: one Cityscapes "city" per camera and, in the
     bag, ``/<name>/image_raw`` with ``/<name>/semantic_gt`` per camera. ``compressed`` (jpeg/png)
-    stores the bag's images as CompressedImage.
+    stores the bag's images as CompressedImage. ``style`` (dusk/fog/rain) renders the same street
+    and ground truth in a shifted domain (:mod:`.sample_styles`).
     """
+    check_style(style)
     out = Path(out)
     marker = out / ".sample_drive"
     if out.exists():
@@ -455,11 +464,11 @@ def make_sample_drive(out: str | Path, frames: int = 32, size: tuple[int, int] =
             raise FileExistsError(f"{out} exists and is not a sample drive; choose another output folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    marker.write_text(f"frames={frames} size={size[0]}x{size[1]} seed={seed} cameras={cameras}\n")
+    marker.write_text(f"frames={frames} size={size[0]}x{size[1]} seed={seed} cameras={cameras} style={style}\n")
     cityscapes = out / "cityscapes"
     bag = out / "bag"
     if cameras is None:
-        loop = enumerate(render_drive(frames, size[0], size[1], seed))
+        loop = enumerate(render_drive(frames, size[0], size[1], seed, style=style))
         if progress:
             from tqdm import tqdm
 
@@ -470,18 +479,18 @@ def make_sample_drive(out: str | Path, frames: int = 32, size: tuple[int, int] =
                           compressed=compressed, jpeg_quality=jpeg_quality)
     else:
         _render_cameras(cityscapes, bag, frames, size, seed, storage, rate_hz, progress, cameras, compressed,
-                        jpeg_quality)
+                        jpeg_quality, style)
     return SampleDrive(out, cityscapes, bag, frames)
 
 
 def _render_cameras(cityscapes: Path, bag: Path, frames: int, size: tuple[int, int], seed: int, storage: str,
                     rate_hz: float, progress: bool, cameras: Sequence[tuple[str, float]],
-                    compressed: str | None, jpeg_quality: int) -> None:
+                    compressed: str | None, jpeg_quality: int, style: str | None = None) -> None:
     """Every camera's view of each frame, written to the folder and, with shared stamps, the bag."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     world = World(seed, frames * SPEED_M_PER_FRAME + FAR_M + 10.0)
-    renderers = [(name, Renderer(world, Camera(size[0], size[1], yaw), seed)) for name, yaw in cameras]
+    renderers = [(name, Renderer(world, Camera(size[0], size[1], yaw), seed, style)) for name, yaw in cameras]
     loop = range(frames)
     if progress:
         from tqdm import tqdm

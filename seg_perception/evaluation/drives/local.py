@@ -7,6 +7,7 @@ replay through the node), so the report is built the same way whoever ran the fr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +33,25 @@ class RunOutcome:
 
 
 def run_local(tasks: list[Task], values: dict[str, Any], seed: int = 0, progress: bool = True,
-              outputs: Outputs | None = None) -> RunOutcome:
-    """Every task in this process with one engine; a task that fails is reported, the others go on."""
+              outputs: Outputs | None = None, job: Callable[..., dict[str, Any]] | None = None,
+              desc: str = "eval offline") -> RunOutcome:
+    """Every task in this process with one engine; a task that fails is reported, the others go on.
+
+    ``job`` (``job(engine, task, max_pixels, on_frame)``) replaces evaluation's :func:`.task.run_task`
+    (mining's frame scoring); ``desc`` names the progress bar.
+    """
     from tqdm import tqdm
 
     engine = build_engine(values, seed)
-    bar = tqdm(total=sum(t.frames for t in tasks), desc="eval offline", unit="frame", disable=not progress)
+    bar = tqdm(total=sum(t.frames for t in tasks), desc=desc, unit="frame", disable=not progress)
     results, failures = {}, {}
     start = time.perf_counter()
     for task in tasks:
         try:
-            results[task.task_id] = run_task(engine, task, values["max_pixels"], lambda: bar.update(1), outputs)
+            if job is None:
+                results[task.task_id] = run_task(engine, task, values["max_pixels"], lambda: bar.update(1), outputs)
+            else:
+                results[task.task_id] = job(engine, task, values["max_pixels"], lambda: bar.update(1))
         except Exception as exc:  # a broken drive is reported, the others go on
             failures[task.task_id] = (clip(f"{type(exc).__name__}: {exc}"), 1)
     bar.close()

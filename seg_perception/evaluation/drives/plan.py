@@ -142,27 +142,29 @@ class Task:
     frames: int = 0
 
 
-def _camera_counts(path: str, cameras: Sequence[str] | None,
-                   topics: tuple[str, str] | None) -> list[tuple[CameraTopics, int]]:
+def _camera_counts(path: str, cameras: Sequence[str] | None, topics: tuple[str, str | None] | None,
+                   need_gt: bool) -> list[tuple[CameraTopics, int]]:
     out = []
-    for camera in select_cameras(path, cameras, topics):
+    for camera in select_cameras(path, cameras, topics, need_gt):
         with DriveBag(path, camera.image_topic, camera.gt_topic) as bag:
             out.append((camera, bag.info.image_count))
     return out
 
 
 def plan_tasks(drives: list[Drive], cameras: Sequence[str] | None = None, chunk_frames: int = 0,
-               topics: tuple[str, str] | None = None) -> tuple[list[Task], dict[int, Exception]]:
+               topics: tuple[str, str | None] | None = None,
+               need_gt: bool = True) -> tuple[list[Task], dict[int, Exception]]:
     """Tasks for the drives, and drives that cannot be planned (unreadable) with the error.
 
     ``cameras`` picks cameras by name, ``topics`` (image topic, ground-truth topic) names one
-    camera's topics explicitly; neither: every camera of the bag.
+    camera's topics explicitly; neither: every camera of the bag. ``need_gt=False`` plans the
+    cameras' images alone (ground truth None), for work that needs none (mining).
     """
     tasks: list[Task] = []
     unplanned: dict[int, Exception] = {}
     for index, drive in enumerate(drives):
         try:
-            counts = _camera_counts(drive.path, cameras, topics)
+            counts = _camera_counts(drive.path, cameras, topics, need_gt)
         except DATA_ERRORS as exc:
             unplanned[index] = exc
             continue

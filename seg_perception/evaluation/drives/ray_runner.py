@@ -101,15 +101,17 @@ class ProgressBoard:
 
 
 class EvalWorker:
-    """A Ray actor: one engine, many tasks."""
+    """A Ray actor: one engine, many tasks, each run by ``job`` (None: evaluation's ``run_task``)."""
 
-    def __init__(self, values: dict[str, Any], seed: int, threads: int, board: Any) -> None:
+    def __init__(self, values: dict[str, Any], seed: int, threads: int, board: Any,
+                 job: Callable[..., dict[str, Any]] | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.engine = build_engine(values, seed)
         self.max_pixels = values["max_pixels"]
         self.board = board
+        self.job = job
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -132,7 +134,7 @@ class EvalWorker:
                 self.board.add.remote(key, pending)
                 pending, last = 0, time.monotonic()
 
-        result = run_task(self.engine, task, self.max_pixels, on_frame)
+        result = (self.job or run_task)(self.engine, task, self.max_pixels, on_frame)
         if pending:
             self.board.add.remote(key, pending)
         return result
@@ -170,8 +172,12 @@ def _connect(ray: Any, options: RayOptions) -> tuple[bool, str]:
 
 
 def run_on_ray(tasks: list[Task], values: dict[str, Any], options: RayOptions,
-               on_progress: Callable[[Progress], None] | None = None) -> RunOutcome:
-    """Run every task on Ray workers; see the module docstring for retries and accounting."""
+               on_progress: Callable[[Progress], None] | None = None,
+               job: Callable[..., dict[str, Any]] | None = None) -> RunOutcome:
+    """Run every task on Ray workers; see the module docstring for retries and accounting.
+
+    ``job`` (a picklable ``job(engine, task, max_pixels, on_frame)``, e.g. a ``functools.partial``
+    of a module-level function) replaces evaluation's :func:`.task.run_task` in the workers."""
     ray = import_ray(local=_address(options) is None)
     if options.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {options.workers}")
@@ -179,14 +185,15 @@ def run_on_ray(tasks: list[Task], values: dict[str, Any], options: RayOptions,
         raise ValueError(f"--gpus-per-worker must be >= 0, got {options.gpus_per_worker}")
     started, how = _connect(ray, options)
     try:
-        return _run(ray, tasks, values, options, on_progress, how)
+        return _run(ray, tasks, values, options, on_progress, how, job)
     finally:
         if started:
             ray.shutdown()
 
 
 def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOptions,
-         on_progress: Callable[[Progress], None] | None, how: str) -> RunOutcome:
+         on_progress: Callable[[Progress], None] | None, how: str,
+         job: Callable[..., dict[str, Any]] | None = None) -> RunOutcome:
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
     if options.gpus_per_worker > 0 and gpus < options.gpus_per_worker and how.startswith("local"):
@@ -198,7 +205,7 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
     slots: list[_Slot] = []
 
     def new_slot() -> _Slot:
-        actor = worker_cls.remote(values, options.seed, options.threads, board)
+        actor = worker_cls.remote(values, options.seed, options.threads, board, job)
         slot = _Slot(len(slots), actor, actor.info.remote())
         slots.append(slot)
         return slot

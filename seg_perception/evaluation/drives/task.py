@@ -1,5 +1,9 @@
 """What a worker does with a task: every frame of its cameras through the engine, in order.
 
+This is evaluation's task function; a runner takes any other with the same signature as its
+``job`` (``job(engine, task, max_pixels, on_frame) -> dict`` with ``frames`` and ``busy_s``), as
+mining does (:func:`seg_perception.mining.job.score_task`).
+
 A worker (this process, or a Ray actor) keeps one engine (:func:`build_engine`) and evaluates
 tasks with it (:func:`run_task`). Frames are converted or decoded by the node's own
 :func:`~seg_perception.compressed.message_to_rgb` (raw and compressed images alike, with the node's
@@ -60,7 +64,8 @@ def run_offline(frames: Iterator[BagFrame], engine: Any, ledger: Ledger, max_pix
     return stages
 
 
-def _frame_range(bag: DriveBag, start: int, stop: int | None) -> Iterator[BagFrame]:
+def frame_range(bag: DriveBag, start: int, stop: int | None) -> Iterator[BagFrame]:
+    """The bag's frames with index in ``[start, stop)`` (stop None: to the end), in order."""
     for frame in bag.frames():
         if frame.index < start:
             continue
@@ -93,7 +98,7 @@ def run_task(engine: Any, task: Task, max_pixels: int, on_frame: Callable[[], No
             first: list[Any] = []
 
             def frames(bag: DriveBag = bag, first: list[Any] = first) -> Iterator[BagFrame]:
-                for frame in _frame_range(bag, task.start, task.stop):
+                for frame in frame_range(bag, task.start, task.stop):
                     if not first:
                         first.append(frame.image)
                     yield frame
