@@ -610,13 +610,19 @@ class SegmentationEngine:
     # -- the parity gate ---------------------------------------------------------------------------
     @property
     def is_reference(self) -> bool:
-        """True for the fp32 PyTorch model itself (any compile mode), which every other engine
-        (fp16, int8, another backend) is compared with by the parity gate."""
+        """True for the fp32 reference itself, which every other engine (fp16, int8, another
+        backend) is compared with by the parity gate: a registered model's PyTorch module in fp32
+        (any compile mode); for ``model: onnx`` the file in fp32 on ONNX Runtime's CPU provider."""
+        if self.config.model == ONNX_MODEL:
+            return self.backend == "onnxruntime" and self.device.type == "cpu" and self.precision == "fp32"
         return self.backend == "torch" and self.precision == "fp32"
 
-    #: What the gate compares with, in words (a network that exists only as an ONNX file would
-    #: compare with fp32 ONNX Runtime: :meth:`_parity_reference` is the hook).
-    reference_name = "fp32 PyTorch reference"
+    @property
+    def reference_name(self) -> str:
+        """What the gate compares with, in words."""
+        if self.config.model == ONNX_MODEL:
+            return "fp32 ONNX Runtime reference (CPU)"
+        return "fp32 PyTorch reference"
 
     def _parity_reference(self) -> nn.Module:
         """The reference network: the model, which the gate runs in fp32 on its device."""

@@ -123,7 +123,8 @@ def build_network(
     if config.model == ONNX_MODEL:  # the file is the network: nothing to export, nothing to fall back to
         from .onnx_model import build_onnx_file_network
 
-        return backend, build_onnx_file_network(model, config, device, precision, backend)  # type: ignore[arg-type]
+        return backend, build_onnx_file_network(model, config, device, precision, backend,  # type: ignore[arg-type]
+                                                 calibration)
     spec = ExportSpec(
         model=getattr(model, "model_name", config.model), variant=getattr(model, "variant", config.variant or ""),
         num_classes=config.num_classes, options=dict(config.model_options),

@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..choices import ONNX_MODEL
 from ..cli_args import add_int8_options, int8_settings, parse_size
 
 
@@ -32,6 +33,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_crf_not_exported(args.crf)
     if args.precision == "int8":
         return _export_int8(args)
+    if args.model == ONNX_MODEL:
+        raise ValueError("model onnx is an ONNX file already: there is nothing to export in fp16/fp32 (the node "
+                         "serves the file itself); use --precision int8 --calibration DATA to quantize it")
     if args.format == "tensorrt" and (problem := backend_problem("tensorrt", "cuda", "none")):
         raise ValueError(problem)
     if args.format == "onnx" and not args.weights and not args.out:

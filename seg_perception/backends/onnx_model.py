@@ -14,7 +14,11 @@ The engine asks two things of this module, nothing else changes for it:
   :class:`OnnxFileNetwork`: on the CPU the checked session itself; on CUDA a session with the
   CUDA provider, or the TensorRT provider with its engine cached under the file's SHA-256
   (``backend: tensorrt``), each compared with the CPU reference on the probe frame before it
-  serves.
+  serves. With ``precision: int8`` (CPU) the file is quantized statically on the calibration
+  frames (:func:`seg_perception.backends.quantize.quantize_int8`, the same quantizer as a
+  registered model's) and the quantized copy is cached under the file's SHA-256, the
+  calibration's digest and the quantization settings; the engine's parity gate then compares it
+  with the fp32 CPU session on held-out calibration frames.
 
 The reference for a parity check of any other engine of the same file (another precision, a
 quantized copy, TensorRT) is :func:`onnx_reference_config`: the same configuration on ONNX
@@ -229,11 +233,15 @@ def onnx_reference_config(config: Any) -> Any:
 
 
 def build_onnx_file_network(model: OnnxFileModel, config: Any, device: torch.device, precision: str,
-                            backend: str) -> OnnxFileNetwork:
+                            backend: str, calibration: Any = None) -> OnnxFileNetwork:
     """The network that serves ``model``'s file on ``device`` with ``backend`` (onnxruntime or
-    tensorrt). Not CPU: the session is compared with the CPU reference on the probe frame first."""
+    tensorrt). Not CPU: the session is compared with the CPU reference on the probe frame first.
+    ``precision == "int8"``: the file quantized on ``calibration`` (a
+    :class:`~seg_perception.backends.quantize.CalibrationSet`), on the CPU."""
     contract = model.contract
     digest = file_sha256(contract.path)
+    if precision == "int8":
+        return _int8_network(model, config, device, backend, calibration, digest)
     if backend == "onnxruntime" and device.type == "cpu":
         network = model.reference()
         network.origin = f"the ONNX file {contract.path} (sha256 {digest[:16]}), served in place"
@@ -250,6 +258,71 @@ def build_onnx_file_network(model: OnnxFileModel, config: Any, device: torch.dev
                           f"fp32: {report.summary()}")
     model.drop_reference()
     return network
+
+
+def int8_key(contract: OnnxContract, options: dict[str, Any], digest: str, calibration: Any) -> CacheKey:
+    """The cache key of the int8 copy of an ONNX file: its content, the contract's options, the
+    calibration frames' digest, the quantization settings and ONNX Runtime's version."""
+    import onnxruntime as ort
+
+    from .quantize import SETTINGS
+
+    size = contract.run_size
+    return CacheKey(
+        kind="onnx_int8", model=ONNX_MODEL, variant=re.sub(r"[^A-Za-z0-9_.-]", "_", Path(contract.path).stem)[:64],
+        num_classes=contract.num_classes, options=json.dumps(options, sort_keys=True, default=str),
+        weights=f"file:{digest}", input_size=f"{size[0]}x{size[1]}" if size else "dynamic",
+        versions=f"onnxruntime {ort.__version__}",
+        extra=f"calibration={calibration.digest}; quantization={SETTINGS.to_json()}; batch={contract.graph.batch or 1}",
+    )
+
+
+def _int8_network(model: OnnxFileModel, config: Any, device: torch.device, backend: str, calibration: Any,
+                  digest: str) -> OnnxFileNetwork:
+    """The file quantized to int8 on ``calibration``, served by ONNX Runtime on the CPU under the
+    file's contract (quantization keeps the graph's input and output). Cached like exports:
+    a hit is served only when its sidecar key and content digest match (the engine's parity gate
+    measures it against the fp32 session either way)."""
+    from .quantize import SETTINGS, quantize_int8
+
+    contract = model.contract
+    if backend != "onnxruntime" or device.type != "cpu":
+        raise BackendError("precision int8 with model onnx runs on ONNX Runtime's CPU provider (device cpu); on "
+                           "CUDA serve the file with backend tensorrt in fp16, or quantize it yourself and serve the "
+                           "quantized file as model onnx in fp32")
+    if contract.graph.input_type != "float32":
+        raise BackendError(f"precision int8 quantizes a network with a float32 input; this file's input is "
+                           f"{contract.graph.input_type} (serve it in fp32, or export it with a float32 input)")
+    if calibration is None or not calibration.inputs:
+        raise BackendError("precision int8 needs calibration inputs")
+    batch = contract.graph.batch or 1
+    inputs = [np.repeat(x, batch, axis=0) if batch > 1 else x for x in calibration.inputs]
+    cache = ArtifactCache(config.cache_dir or None, config.cache_max_mb)
+    key = int8_key(contract, dict(config.model_options), digest, calibration)
+    path = cache.lookup(key, ".onnx")
+    origin = "cached"
+    if path is None:
+        metadata = {"precision": "int8", "cache_key": key.digest(), "quantization": SETTINGS.describe(),
+                    "calibration": calibration.description[:1000], "calibration_digest": calibration.digest,
+                    "source_sha256": digest}
+        data = quantize_int8(Path(contract.path), inputs, SETTINGS, metadata)
+        origin = "quantized now"
+        if cache.enabled and len(data) <= cache.max_bytes:
+            path = cache.store(key, ".onnx", lambda tmp: tmp.write_bytes(data))
+            origin = "quantized now, cached"
+    network = _open_source(path if path is not None else data, contract, device)
+    network.name = f"onnxruntime int8 ({network.providers[0]})"
+    network.quantization = f"{SETTINGS.describe()}; calibrated on {calibration.description}"
+    network.origin = f"the ONNX file {contract.path} (sha256 {digest[:16]}) quantized to int8, {origin}"
+    return network
+
+
+def _open_source(source: Path | bytes, contract: OnnxContract, device: torch.device) -> OnnxFileNetwork:
+    try:
+        return OnnxFileNetwork(source, contract.graph, device, ["CPUExecutionProvider"], contract.output,
+                               contract.run_size)
+    except ort_errors() as exc:
+        raise BackendError(_ort_message("cannot load the int8 copy of", exc)) from None
 
 
 def _open(contract: OnnxContract, device: torch.device, providers: list[Any]) -> OnnxFileNetwork:

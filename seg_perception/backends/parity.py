@@ -120,9 +120,12 @@ def _logits_problem(candidate: torch.Tensor, reference: torch.Tensor) -> str:
     return ""
 
 
-def _labels(logits: torch.Tensor) -> np.ndarray:
-    """Labels of ``(N, C, H, W)`` logits, first maximum wins (as the engine takes them)."""
-    return logits.float().max(dim=1).indices.cpu().numpy()
+def _labels(output: torch.Tensor) -> np.ndarray:
+    """Labels of ``(N, C, H, W)`` scores, first maximum wins (as the engine takes them); an
+    integer ``(N, 1, H, W)`` output is a label map already (a network that outputs labels)."""
+    if not output.is_floating_point() and output.shape[1] == 1:
+        return output[:, 0].cpu().numpy()
+    return output.float().max(dim=1).indices.cpu().numpy()
 
 
 def logits_parity(candidate: torch.Tensor, reference: torch.Tensor) -> ParityReport:
@@ -186,10 +189,10 @@ def parity_check(candidate: Network, reference: nn.Module | Network, inputs: Seq
     pixels = 0
     with torch.inference_mode():
         for index, x in enumerate(inputs):
-            expected = ref(x.float().to(ref_device)).float().cpu()
+            expected = ref(x.float().to(ref_device)).cpu()
             pixels += int(expected[:, 0].numel())
             try:
-                got = candidate(x.to(device or ref_device)).float().cpu()
+                got = candidate(x.to(device or ref_device)).cpu()
             except Exception as exc:  # a network that cannot run the frame is not the right network
                 where = "the probe frame" if source in ("", SYNTHETIC) else f"{source} ({index + 1} of {len(inputs)})"
                 return ParityReport(0.0, 0.0, pixels, f"the network failed on {where}: {type(exc).__name__}: "
@@ -197,8 +200,12 @@ def parity_check(candidate: Network, reference: nn.Module | Network, inputs: Seq
             problem = _logits_problem(got, expected)
             if problem:
                 return ParityReport(0.0, 0.0, pixels, problem, len(inputs), source)
-            classes = int(expected.shape[1])
-            frame = _confusion(_labels(got), _labels(expected), classes)
+            got_labels, expected_labels = _labels(got), _labels(expected)
+            classes = max(int(expected.shape[1]), int(max(got_labels.max(), expected_labels.max())) + 1)
+            if confusion is not None and classes > confusion.shape[0]:  # label maps: grow to the largest id seen
+                confusion = np.pad(confusion, (0, classes - confusion.shape[0]))
+            frame = _confusion(got_labels, expected_labels, confusion.shape[0] if confusion is not None
+                               else classes)
             confusion = frame if confusion is None else confusion + frame
     if confusion is None:
         return ParityReport(1.0, 1.0, 0, "no parity frames", 0, source)
