@@ -159,7 +159,7 @@ def test_the_tensorrt_engine_folder_is_cached_found_again_and_rebuilt_once_when_
     model = onnx_model.load_onnx_model(config)
     cpu = torch.device("cpu")
     network = onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
-    assert "probe vs CPU fp32: label agreement 100.0 %" in network.origin and network.release_size == (32, 48)
+    assert "probe vs CPU fp32: label agreement 100.00 %" in network.origin and network.release_size == (32, 48)
     folders = [p for p in (tmp_path / "cache" / "tensorrt").iterdir() if p.is_dir()]
     assert len(folders) == 1 and (folders[0].parent / (folders[0].name + ".json")).exists()
     onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
@@ -168,4 +168,4 @@ def test_the_tensorrt_engine_folder_is_cached_found_again_and_rebuilt_once_when_
     real_probe = onnx_model._probe
     monkeypatch.setattr(onnx_model, "_probe", lambda net, m: next(failing, None) or real_probe(net, m))
     network = onnx_model.build_onnx_file_network(model, config, cpu, "fp32", "tensorrt")
-    assert "label agreement 100.0 %" in network.origin  # evicted, rebuilt, then agreed
+    assert "label agreement 100.00 %" in network.origin  # evicted, rebuilt, then agreed

@@ -89,7 +89,7 @@ def fake_harness():
     ("name", "value", "reason"),
     [
         ("overlay_alpha", -0.1, "out of range"),
-        ("precision", "int8", "precision must be one of auto, fp16, fp32"),
+        ("precision", "int4", "precision must be one of auto, fp16, fp32, int8"),
         ("model", "no_such_net", "not a registered model"),
         ("inference_size", [0, 64], "inference_size must be"),
         ("num_classes", "nineteen", "type"),
