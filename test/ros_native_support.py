@@ -177,17 +177,24 @@ class Launch:
         return self.log.read_text(errors="replace")
 
 
+def _terminal_signals() -> None:
+    """In the launch child before exec: SIGINT as a terminal's process gets it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ros2_launch(workspace: Workspace, launch_args: tuple[str, ...], log: Path) -> Launch:
     """Start ``ros2 launch seg_perception seg.launch.py ARGS`` in the workspace root.
 
     A new session stands in for the terminal, so :func:`interrupt` can signal launch and its node
-    together as Ctrl-C does.
+    together as Ctrl-C does. SIGINT starts at its default action, as in a terminal: a test run
+    started in the background of a non-interactive shell inherits it ignored, and launch would
+    then never see the Ctrl-C these tests send.
     """
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, str(ROS2_LAUNCH), PACKAGE, "seg.launch.py", *launch_args],
             cwd=workspace.root, env=workspace.launch_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_terminal_signals,
         )
     return Launch(process, log)
 
