@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from seg_perception.backends import backend_problem
-from seg_perception.benchmark import machine_info, make_frames
+from seg_perception.benchmark import interleave, machine_info, make_frames
 from seg_perception.cli import parse_size
 from seg_perception.engine import EngineConfig, EngineConfigError, SegmentationEngine
 from seg_perception.models import list_models
@@ -102,20 +102,10 @@ def run_case(model: str, size: tuple[int, int], variants: dict[str, dict[str, An
             gc.collect()
             engine, cached = timed_start(config, frames[0])
             engines[name] = engine
-            results[name] = {"first_start_s": first, "cached_start_s": cached, "backend": engine.description["backend"],
-                             "total_ms": [], "inference_ms": [], "agreement": []}
-        from tqdm import tqdm
-
-        for i in tqdm(range(iterations), desc=f"{model} {size[0]}x{size[1]} interleaved", unit="round"):
-            frame = frames[i % len(frames)]
-            labels = {}
-            for name, engine in engines.items():
-                result = engine.infer(frame)
-                labels[name] = result.labels
-                results[name]["total_ms"].append(result.total_ms)
-                results[name]["inference_ms"].append(result.timings_ms["inference"])
-            for name in engines:
-                results[name]["agreement"].append(float((labels[name] == labels[reference]).mean()))
+            results[name] = {"first_start_s": first, "cached_start_s": cached, "backend": engine.description["backend"]}
+        for name, timed in interleave(engines, frames, iterations, reference,
+                                      f"{model} {size[0]}x{size[1]} interleaved").items():
+            results[name].update(timed)
     for name in engines:
         r = results[name]
         r["total_ms"], r["inference_ms"] = percentiles(r["total_ms"]), percentiles(r["inference_ms"])

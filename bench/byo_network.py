@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_perception.benchmark import machine_info, make_frames
+from seg_perception.benchmark import interleave, machine_info, make_frames
 from seg_perception.cli import main as cli_main
 from seg_perception.cli import parse_size
 from seg_perception.engine import EngineConfig, SegmentationEngine
@@ -103,20 +103,10 @@ def run(size: tuple[int, int], iterations: int, folder: Path) -> dict[str, Any]:
         engine = SegmentationEngine(config)
         engine.infer(frames[0])
         engines[name] = engine
-        results[name] = {"start_s": time.perf_counter() - start, "engine": engine.description,
-                         "total_ms": [], "inference_ms": [], "agreement_with_regseg": []}
-    from tqdm import tqdm
-
-    for i in tqdm(range(iterations), desc=f"{size[0]}x{size[1]} interleaved", unit="round"):
-        frame = frames[i % len(frames)]
-        labels = {}
-        for name, engine in engines.items():
-            result = engine.infer(frame)
-            labels[name] = result.labels
-            results[name]["total_ms"].append(result.total_ms)
-            results[name]["inference_ms"].append(result.timings_ms["inference"])
-        for name in engines:
-            results[name]["agreement_with_regseg"].append(float((labels[name] == labels["regseg"]).mean()))
+        results[name] = {"start_s": time.perf_counter() - start, "engine": engine.description}
+    for name, timed in interleave(engines, frames, iterations, "regseg", f"{size[0]}x{size[1]} interleaved").items():
+        agreement = timed.pop("agreement")
+        results[name].update(timed, agreement_with_regseg=agreement)
     base = percentiles(results["regseg"]["total_ms"])["p50"]
     for r in results.values():
         r["total_ms"], r["inference_ms"] = percentiles(r["total_ms"]), percentiles(r["inference_ms"])

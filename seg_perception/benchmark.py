@@ -98,3 +98,25 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str))
     return path
+
+
+def interleave(engines: dict[str, Any], frames: list[np.ndarray], iterations: int, reference: str,
+               desc: str) -> dict[str, dict[str, list[float]]]:
+    """Run every engine on the same frame, one after the other, for ``iterations`` rounds (so load
+    changes hit all variants alike): per engine its ``total_ms`` and ``inference_ms`` per round and
+    the fraction of its labels equal to the ``reference`` engine's (``agreement``)."""
+    from tqdm import tqdm
+
+    out: dict[str, dict[str, list[float]]] = {name: {"total_ms": [], "inference_ms": [], "agreement": []}
+                                              for name in engines}
+    for i in tqdm(range(iterations), desc=desc, unit="round"):
+        frame = frames[i % len(frames)]
+        labels = {}
+        for name, engine in engines.items():
+            result = engine.infer(frame)
+            labels[name] = result.labels
+            out[name]["total_ms"].append(result.total_ms)
+            out[name]["inference_ms"].append(result.timings_ms["inference"])
+        for name in engines:
+            out[name]["agreement"].append(float((labels[name] == labels[reference]).mean()))
+    return out

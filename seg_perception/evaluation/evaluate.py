@@ -188,24 +188,9 @@ def _run(options: EvalOptions, values: dict[str, Any], tasks: list[Task], output
             threads=options.threads, progress=options.progress, input_qos=options.input_qos, outputs=outputs))
     if options.ray is None:
         return run_local(tasks, values, options.seed, options.progress, outputs)
-    from tqdm import tqdm
+    from .drives.ray_runner import run_on_ray_with_bar
 
-    from .drives.ray_runner import run_on_ray
-
-    bar = tqdm(total=sum(t.frames for t in tasks), desc="eval offline (Ray)", unit="frame",
-               disable=not options.progress)
-
-    def progress(p: Progress) -> None:
-        bar.n = p.done_frames
-        bar.set_postfix(workers_busy=len(p.in_flight), refresh=False)
-        bar.refresh()
-        if on_progress is not None:
-            on_progress(p)
-
-    try:
-        return run_on_ray(tasks, values, options.ray, progress)
-    finally:
-        bar.close()
+    return run_on_ray_with_bar(tasks, values, options.ray, "eval offline (Ray)", options.progress, on_progress)
 
 
 def _drive_outcomes(drives: list[Drive], tasks: list[Task], unplanned: dict[int, Exception],
@@ -218,12 +203,10 @@ def _drive_outcomes(drives: list[Drive], tasks: list[Task], unplanned: dict[int,
             out.append(failed_drive(drive, clip(f"{type(exc).__name__}: {exc}"), 0))
             continue
         mine = [t for t in tasks if t.drive == index]
-        failed = [t for t in mine if t.task_id in outcome.failures]
         attempts = max((outcome.attempts.get(t.task_id, 0) for t in mine), default=0)
         retries = [r for t in mine for r in outcome.retries.get(t.task_id, [])]
-        if failed:
-            reason, tries = outcome.failures[failed[0].task_id]
-            out.append(failed_drive(drive, reason, tries, retries))
+        if (failure := outcome.drive_failure(mine)) is not None:
+            out.append(failed_drive(drive, *failure, retries))
             continue
         merged = merge_drive(drive, [outcome.results[t.task_id] for t in mine])
         merged["attempts"] = attempts

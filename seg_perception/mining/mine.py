@@ -152,23 +152,9 @@ def _run(options: MineOptions, values: dict[str, Any], tasks: list[Task], job: C
          on_progress: Callable[[Progress], None] | None) -> RunOutcome:
     if options.ray is None:
         return run_local(tasks, values, options.seed, options.progress, job=job, desc="mine")
-    from tqdm import tqdm
+    from ..evaluation.drives.ray_runner import run_on_ray_with_bar
 
-    from ..evaluation.drives.ray_runner import run_on_ray
-
-    bar = tqdm(total=sum(t.frames for t in tasks), desc="mine (Ray)", unit="frame", disable=not options.progress)
-
-    def progress(p: Progress) -> None:
-        bar.n = p.done_frames
-        bar.set_postfix(workers_busy=len(p.in_flight), refresh=False)
-        bar.refresh()
-        if on_progress is not None:
-            on_progress(p)
-
-    try:
-        return run_on_ray(tasks, values, options.ray, progress, job=job)
-    finally:
-        bar.close()
+    return run_on_ray_with_bar(tasks, values, options.ray, "mine (Ray)", options.progress, on_progress, job)
 
 
 def _drive_statuses(drives: list[Drive], tasks: list[Task], unplanned: dict[int, Exception],
@@ -178,12 +164,12 @@ def _drive_statuses(drives: list[Drive], tasks: list[Task], unplanned: dict[int,
     for index, drive in enumerate(drives):
         entry: dict[str, Any] = {"name": drive.name, "path": drive.path, "status": "ok", "reason": None}
         mine = [t for t in tasks if t.drive == index]
-        failed = [t for t in mine if t.task_id in outcome.failures]
+        failure = outcome.drive_failure(mine)
         if index in unplanned:
             exc = unplanned[index]
             entry.update(status="failed", reason=clip(f"{type(exc).__name__}: {exc}"))
-        elif failed:
-            entry.update(status="failed", reason=outcome.failures[failed[0].task_id][0])
+        elif failure is not None:
+            entry.update(status="failed", reason=failure[0])
         else:
             cameras: dict[str, dict[str, Any]] = {}
             for task in mine:

@@ -31,6 +31,12 @@ class RunOutcome:
     #: What the runner noticed that the report must say (e.g. frames lost in transport).
     notes: list[str] = field(default_factory=list)
 
+    def drive_failure(self, tasks: list[Task]) -> tuple[str, int] | None:
+        """``(reason, tries)`` of the first of a drive's ``tasks`` that failed, None when all came
+        back: a drive is ok only as a whole (evaluation and mining report it the same way)."""
+        failed = [t for t in tasks if t.task_id in self.failures]
+        return self.failures[failed[0].task_id] if failed else None
+
 
 def run_local(tasks: list[Task], values: dict[str, Any], seed: int = 0, progress: bool = True,
               outputs: Outputs | None = None, job: Callable[..., dict[str, Any]] | None = None,

@@ -326,3 +326,25 @@ def _run(ray: Any, tasks: list[Task], values: dict[str, Any], options: RayOption
             ray.kill(slot.actor)
     ray.kill(board)
     return RunOutcome(results, failures, retries, attempts, execution, engine)
+
+
+def run_on_ray_with_bar(tasks: list[Task], values: dict[str, Any], options: RayOptions, desc: str,
+                        show: bool = True, on_progress: Callable[[Progress], None] | None = None,
+                        job: Callable[..., dict[str, Any]] | None = None) -> RunOutcome:
+    """:func:`run_on_ray` behind a progress bar over the tasks' frames (``desc`` names it, ``show``
+    False hides it); ``on_progress`` still sees every poll."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(t.frames for t in tasks), desc=desc, unit="frame", disable=not show)
+
+    def progress(p: Progress) -> None:
+        bar.n = p.done_frames
+        bar.set_postfix(workers_busy=len(p.in_flight), refresh=False)
+        bar.refresh()
+        if on_progress is not None:
+            on_progress(p)
+
+    try:
+        return run_on_ray(tasks, values, options, progress, job=job)
+    finally:
+        bar.close()
