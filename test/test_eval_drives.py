@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -213,3 +214,24 @@ def test_cli_refuses_live_many_drives_and_says_what_to_install_for_workers(root:
     assert "pip install 'seg_perception[cluster]'" in capsys.readouterr().err
     assert main(["make-sample-drive", str(tmp_path / "d"), "--cameras", "front,nowhere"]) == 2
     assert "nowhere=DEGREES" in capsys.readouterr().err
+
+
+def test_a_drive_with_a_task_that_fails_while_running_is_failed_as_a_whole(root: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from seg_perception.evaluation.drives import local
+
+    run_task = local.run_task
+
+    def second_chunk_of_raw_fails(engine: Any, task: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if task.drive == 0 and task.task_id == 1:
+            raise OSError("truncated message in the middle of the drive")
+        return run_task(engine, task, *args, **kwargs)
+
+    monkeypatch.setattr(local, "run_task", second_chunk_of_raw_fails)
+    drives = collect_drives([str(root / "raw" / "bag"), str(root / "multi" / "bag")])
+    report, _ = evaluate(EvalOptions(drives=drives, out=tmp_path / "rep", mode="offline", chunk_frames=2,
+                                     threads=1, progress=False), resolve_params(device="cpu"))
+    failed = [d for d in report["drives"] if d["status"] == "failed"]
+    assert [d["name"] for d in failed] == ["raw/bag"] and "truncated message" in failed[0]["reason"]
+    # none of the failed drive's frames is pooled, not even those of its chunks that came back
+    assert report["pooled"]["drives_ok"] == 1 and report["pooled"]["frames"]["evaluated"] == 3 * 4
