@@ -263,17 +263,24 @@ def build_onnx_file_network(model: OnnxFileModel, config: Any, device: torch.dev
 def int8_key(contract: OnnxContract, options: dict[str, Any], digest: str, calibration: Any) -> CacheKey:
     """The cache key of the int8 copy of an ONNX file: its content, the contract's options, the
     calibration frames' digest, the quantization settings and ONNX Runtime's version."""
-    import onnxruntime as ort
-
     from .quantize import SETTINGS
+
+    return _file_key(contract, options, digest, "onnx_int8", "",
+                     f"calibration={calibration.digest}; quantization={SETTINGS.to_json()}")
+
+
+def _file_key(contract: OnnxContract, options: dict[str, Any], digest: str, kind: str, versions: str,
+              extra: str) -> CacheKey:
+    """The cache key of an artifact built from an ONNX file: the file's content, name, contract
+    options, size and batch, ONNX Runtime's version, and what else shapes the artifact."""
+    import onnxruntime as ort
 
     size = contract.run_size
     return CacheKey(
-        kind="onnx_int8", model=ONNX_MODEL, variant=re.sub(r"[^A-Za-z0-9_.-]", "_", Path(contract.path).stem)[:64],
+        kind=kind, model=ONNX_MODEL, variant=re.sub(r"[^A-Za-z0-9_.-]", "_", Path(contract.path).stem)[:64],
         num_classes=contract.num_classes, options=json.dumps(options, sort_keys=True, default=str),
         weights=f"file:{digest}", input_size=f"{size[0]}x{size[1]}" if size else "dynamic",
-        versions=f"onnxruntime {ort.__version__}",
-        extra=f"calibration={calibration.digest}; quantization={SETTINGS.to_json()}; batch={contract.graph.batch or 1}",
+        versions=f"onnxruntime {ort.__version__}{versions}", extra=f"{extra}; batch={contract.graph.batch or 1}",
     )
 
 
@@ -350,19 +357,11 @@ def tensorrt_key(contract: OnnxContract, options: dict[str, Any], digest: str, d
                  fp16: bool) -> CacheKey:
     """The cache key of the TensorRT engine of an ONNX file: its content, the size, the GPU and
     the versions (a changed file, GPU or TensorRT is a miss)."""
-    import onnxruntime as ort
-
     from .tensorrt_backend import tensorrt_version
 
-    size = contract.run_size
     gpu = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "no-gpu"
-    return CacheKey(
-        kind="tensorrt", model=ONNX_MODEL, variant=re.sub(r"[^A-Za-z0-9_.-]", "_", Path(contract.path).stem)[:64],
-        num_classes=contract.num_classes, options=json.dumps(options, sort_keys=True, default=str),
-        weights=f"file:{digest}", input_size=f"{size[0]}x{size[1]}" if size else "dynamic",
-        versions=f"onnxruntime {ort.__version__}; tensorrt {tensorrt_version()}; gpu {gpu}",
-        extra=f"fp16={fp16}; batch={contract.graph.batch or 1}",
-    )
+    return _file_key(contract, options, digest, "tensorrt", f"; tensorrt {tensorrt_version()}; gpu {gpu}",
+                     f"fp16={fp16}")
 
 
 def tensorrt_providers(contract: OnnxContract, engine_dir: Path | None, fp16: bool) -> list[Any]:
