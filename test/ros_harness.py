@@ -7,12 +7,12 @@ ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a per-process ROS_DOMAIN_ID).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import rclpy
+from polling import wait_for  # noqa: F401  (tests import it from here too)
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -61,15 +61,6 @@ class RosHarness:
         self.executor.shutdown()
         self.probe.destroy_node()
         rclpy.try_shutdown(context=self.context)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def make_image(rgb: np.ndarray, encoding: str, stamp: Any, frame_id: str, pad: int = 0) -> Image:

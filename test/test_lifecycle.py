@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from polling import wait_until
 
 from seg_perception import params as P
 from seg_perception.cityscapes import CLASS_NAMES, PALETTE
@@ -76,13 +77,6 @@ class GatedEngine:
         return [_Done(SegmentationResult(labels=f[:, :, 0].copy(), timings_ms={})) for f in frames]
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 class Rig:
     """Scheduler, parameters, reload controller and lifecycle wired as the node wires them."""
 
@@ -111,7 +105,7 @@ class Rig:
         return self.scheduler.accounting.snapshot()
 
     def settled(self, received: int) -> dict[str, Any]:
-        _wait(lambda: self.books()["received"] == received and self.books()["in_flight"] == 0)
+        wait_until(lambda: self.books()["received"] == received and self.books()["in_flight"] == 0)
         return self.books()
 
 
@@ -143,7 +137,7 @@ def test_activate_serves_and_deactivate_stops_and_keeps_the_engine(rig: Rig) -> 
     rig.serving.activate()
     assert rig.serving.state == ACTIVE
     rig.put(3)
-    _wait(lambda: rig.published == [3])
+    wait_until(lambda: rig.published == [3])
     engine = rig.scheduler.engine
     rig.serving.deactivate()
     assert rig.serving.state == INACTIVE and rig.scheduler.engine is engine and engine.closes == 0
@@ -152,7 +146,7 @@ def test_activate_serves_and_deactivate_stops_and_keeps_the_engine(rig: Rig) -> 
     assert books["processed"] == 1 and books["dropped"] == {"inactive": 1} and rig.published == [3]
     rig.serving.activate()  # and again
     rig.put(5)
-    _wait(lambda: rig.published == [3, 5])
+    wait_until(lambda: rig.published == [3, 5])
 
 
 def test_deactivate_drops_the_result_of_the_batch_in_flight(rig: Rig) -> None:
@@ -173,7 +167,7 @@ def test_cleanup_closes_and_frees_the_engine(rig: Rig) -> None:
         rig.serving.configure()
         rig.serving.activate()
         rig.put(7)
-        _wait(lambda n=cycle: rig.published == [7] * (n + 1))
+        wait_until(lambda n=cycle: rig.published == [7] * (n + 1))
         engine = rig.scheduler.engine
         freed = weakref.ref(engine)
         del engine
@@ -230,9 +224,9 @@ def test_a_plain_node_without_fail_fast_stays_up_and_loads_the_next_model() -> N
         rig.put(1)
         assert rig.settled(1)["dropped"] == {"model_not_loaded": 1}
         rig.request({"weights": "/w/good.pt"})
-        _wait(lambda: rig.scheduler.engine is not None)
+        wait_until(lambda: rig.scheduler.engine is not None)
         rig.put(2)
-        _wait(lambda: rig.published == [2])
+        wait_until(lambda: rig.published == [2])
     finally:
         rig.scheduler.stop(1.0)
 
@@ -270,11 +264,11 @@ def test_a_model_loading_during_cleanup_is_discarded(rig: Rig) -> None:
 
     rig.reload.build = slow
     rig.request({"weights": "/w/slow.pt"})
-    _wait(lambda: rig.scheduler.loading is not None)
+    wait_until(lambda: rig.scheduler.loading is not None)
     rig.serving.deactivate()
     rig.serving.cleanup()
     gate.set()
-    _wait(lambda: rig.scheduler.loading is None)
+    wait_until(lambda: rig.scheduler.loading is None)
     late = GatedEngine.instances[-1]
     assert late.config.weights == "/w/slow.pt" and late.closes == 1  # built, then closed
     assert rig.scheduler.engine is None and rig.scheduler.reload_error is None

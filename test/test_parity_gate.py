@@ -6,12 +6,12 @@ measured only on the synthetic frame is measured again on the live frames."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from polling import wait_until
 from reliability_support import FakeEngine
 
 from seg_perception import params as P
@@ -46,13 +46,6 @@ class GatedEngine(FakeEngine):
         return self.parity
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 class Rig:
     """Scheduler, parameters and reload controller wired as the node wires them."""
 
@@ -75,7 +68,7 @@ class Rig:
         return HealthReporter(self.scheduler).engine()
 
     def settle(self) -> None:
-        _wait(lambda: self.scheduler.loading is None)
+        wait_until(lambda: self.scheduler.loading is None)
 
 
 def refuse_int8(config: EngineConfig) -> FakeEngine:
@@ -113,7 +106,7 @@ def test_at_runtime_a_refused_engine_is_a_failed_load_the_old_one_serves_and_par
     first = rig.scheduler.engine
     rig.request({"precision": "int8", "calibration": "/data/calib"})
     rig.settle()
-    _wait(lambda: rig.parameters.values["precision"] == "fp32")
+    wait_until(lambda: rig.parameters.values["precision"] == "fp32")
     assert rig.scheduler.engine is first
     report = rig.engine_report()
     assert report.level == WARN and "previous model still serving" in report.message
@@ -126,7 +119,7 @@ def _serve_frames(rig: Rig, count: int) -> list[np.ndarray]:
     rig.scheduler.start()
     for i, frame in enumerate(frames):
         rig.scheduler.put("", frame, stamp_ns=1_000 + i, received_ns=1_000 + i)
-        _wait(lambda n=i: len(rig.published) > n)
+        wait_until(lambda n=i: len(rig.published) > n)
     return frames
 
 
@@ -149,7 +142,7 @@ def test_a_reload_measured_on_the_synthetic_frame_is_measured_again_on_live_fram
         assert rig.scheduler.engine is first and "12.50 %" in rig.scheduler.reload_error
         assert [len(c) for c in built[0].checked] == [3]  # the three latest frames, as converted
         assert all(np.array_equal(a, b) for a, b in zip(built[0].checked[0], frames[-3:], strict=True))
-        _wait(lambda: rig.parameters.values["precision"] == "fp32")
+        wait_until(lambda: rig.parameters.values["precision"] == "fp32")
         rig.request({"precision": "int8", "calibration": "/data/calib", "parity_min_agreement": 0.5})
         rig.settle()
         assert rig.scheduler.engine is built[1] and built[1].parity.source == LIVE

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from polling import wait_until
 
 from seg_perception import params as P
 from seg_perception.cityscapes import CLASS_NAMES, PALETTE
@@ -66,13 +66,6 @@ class TinyEngine:
         return [_Done(SegmentationResult(labels=f[:, :, 0].copy(), timings_ms={})) for f in frames]
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 class Rig:
     """A scheduler, parameter state and reload controller wired as the node wires them; the
     ``set_parameters`` callback plays the node's set request (check skipped while reverting,
@@ -116,7 +109,7 @@ def test_a_model_change_loads_in_the_background_and_swaps_in() -> None:
     first = rig.scheduler.engine
     assert first is not None and first.config.weights == ""
     rig.request({"weights": "/w/new.pt"})
-    _wait(lambda: rig.scheduler.engine is not first and rig.scheduler.loading is None)
+    wait_until(lambda: rig.scheduler.engine is not first and rig.scheduler.loading is None)
     assert rig.scheduler.engine.config.weights == "/w/new.pt"
     assert rig.controller.serving["weights"] == "/w/new.pt" and rig.loaded == 1
     rig.request({"overlay_alpha": 0.1})  # not a model change: nothing loads
@@ -136,7 +129,7 @@ def test_a_failed_load_reverts_the_parameters_from_the_loader_without_another_lo
     rig.controller.start()
     serving = rig.scheduler.engine
     rig.request({"weights": "/w/broken.pt", "num_classes": 7})
-    _wait(lambda: rig.reverts and rig.scheduler.loading is None)
+    wait_until(lambda: rig.reverts and rig.scheduler.loading is None)
     (changes, reverting, thread), = rig.reverts
     assert changes == {"weights": "", "num_classes": 19}  # back to what serves
     assert reverting and thread == "seg_model_loader"
@@ -159,9 +152,9 @@ def test_a_second_change_while_loading_is_reported_not_lost_silently() -> None:
     rig = Rig(factory)
     rig.controller.start()
     rig.request({"weights": "/w/slow.pt"})
-    _wait(lambda: rig.scheduler.loading is not None)
+    wait_until(lambda: rig.scheduler.loading is not None)
     rig.request({"weights": "/w/other.pt"})
     gate.set()
-    _wait(lambda: rig.scheduler.loading is None and rig.loaded == 1)
+    wait_until(lambda: rig.scheduler.loading is None and rig.loaded == 1)
     assert any("a model load is already running" in message for _, message in rig.logged)
     rig.scheduler.stop(1.0)
