@@ -23,9 +23,15 @@ calibration time. Also ``calibration_frames`` 4/16/64 and a deliberately broken 
 inputs), against ONNX Runtime fp32 and int8, network alone, interleaved; compiled per size (static
 shapes, OpenVINO's fast path). NNCF's usage telemetry is switched off (``NNCF_CI``).
 
+**Your own ONNX file** (``--onnx-files``): ``model: onnx`` in fp32 against the same file in int8
+(quantized by the engine on the same calibration drive, gated against the fp32 file on the CPU):
+RegSeg with ``synthetic_street`` exported by ``seg-perception export`` (trained: mIoU means
+something) and torchvision's LR-ASPP MobileNetV3 (a foreign architecture; random weights, so only
+its speed and its int8/fp32 agreement mean something), on the demo drive, interleaved.
+
 Run from the repository root with the package importable (``PYTHONPATH=.``)::
 
-    python bench/int8.py --threads 1 --methods --openvino     # writes bench/results/int8_cpu.json
+    python bench/int8.py --threads 1 --methods --openvino --onnx-files   # writes bench/results/int8_cpu.json
 
 Prints markdown tables; the JSON records the machine and the load average at start and end.
 """
@@ -163,6 +169,67 @@ def recheck(engines: dict[str, SegmentationEngine], frames: list[np.ndarray], ro
     p50 = {n: percentiles(v)["p50"] for n, v in totals.items()}
     return {"size": list(frames[0].shape[:2]), "rounds": rounds, "engine_ms_p50": p50,
             "speedup_p50": p50["onnxruntime_fp32"] / p50["onnxruntime_int8"], "load_average": os.getloadavg()}
+
+
+# -- model: onnx ----------------------------------------------------------------------------------------
+def onnx_files(calibration: Path, frames: list[tuple[np.ndarray, np.ndarray]], rounds: int,
+               workdir: Path) -> dict[str, Any]:
+    """fp32 against int8 of networks given as ONNX files (see the module docstring)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from byo_network import export_torchvision
+
+    from seg_perception.cli import main as cli_main
+
+    size = frames[0][0].shape[:2]
+    folder = workdir / "onnx_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    regseg = folder / "regseg_synthetic_street.onnx"
+    if cli_main(["export", "--weights", WEIGHTS, "--out", str(regseg), "--size", f"{size[0]}x{size[1]}",
+                 "--cache-dir", str(workdir / "cache")]) != 0:
+        raise RuntimeError("seg-perception export failed")
+    files = {"regseg (synthetic_street)": (regseg, 0.99),
+             # random weights have near-ties everywhere: the gate is off, the agreement is reported
+             "lraspp_mobilenetv3 (random weights)": (export_torchvision("lraspp", folder / "lraspp.onnx", size, True),
+                                                    0.0)}
+    out: dict[str, Any] = {}
+    for name, (path, gate) in files.items():
+        common = {"model": "onnx", "weights": str(path), "device": "cpu", "cache_dir": str(workdir / "cache"),
+                  "parity_min_agreement": gate}
+        started = time.perf_counter()
+        engines = {"fp32": SegmentationEngine(EngineConfig(precision="fp32", **common))}
+        engines["int8"] = SegmentationEngine(EngineConfig(precision="int8", calibration=str(calibration), **common))
+        log(f"{name}: int8 built in {time.perf_counter() - started:.1f} s; {engines['int8'].description['parity']}")
+        case: dict[str, Any] = {"file": path.name, "size": list(size), "frames": len(frames),
+                                "parity": engines["int8"].description["parity"], "variants": {}}
+        fp32_labels = [engines["fp32"].infer(rgb).labels for rgb, _ in frames]
+        for variant, engine in engines.items():
+            confusion = ConfusionMatrix()
+            agreement = []
+            for (rgb, gt), expected in zip(frames, fp32_labels, strict=True):
+                labels = engine.infer(rgb).labels
+                confusion.update_label_ids(labels, gt)
+                agreement.append(float((labels == expected).mean()))
+            case["variants"][variant] = {"miou": summarize(confusion.matrix)["miou"],
+                                         "agreement_with_fp32": float(np.mean(agreement))}
+        for variant, stats in time_engines(engines, [f[0] for f in frames], rounds).items():
+            case["variants"][variant].update(stats)
+        fp32_ms, int8_ms = (case["variants"][v]["engine_ms"]["p50"] for v in ("fp32", "int8"))
+        case["speedup_p50"] = fp32_ms / int8_ms
+        log(f"{name}: int8 {case['speedup_p50']:.2f}x engine p50, agreement "
+            f"{100 * case['variants']['int8']['agreement_with_fp32']:.2f} %")
+        out[name] = case
+    return out
+
+
+def onnx_files_table(results: dict[str, Any]) -> str:
+    rows = ["| file (model: onnx) | size | fp32 p50 ms | int8 p50 ms | speed-up p50 | mIoU fp32 → int8 % | "
+            "int8 labels = fp32's |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, case in results.items():
+        fp32, int8 = case["variants"]["fp32"], case["variants"]["int8"]
+        rows.append(f"| {name} | {case['size'][0]}x{case['size'][1]} | {fp32['engine_ms']['p50']:.1f} | "
+                    f"{int8['engine_ms']['p50']:.1f} | {case['speedup_p50']:.2f}x | {100 * fp32['miou']:.2f} → "
+                    f"{100 * int8['miou']:.2f} | {100 * int8['agreement_with_fp32']:.2f} % |")
+    return "\n".join(rows)
 
 
 # -- the network alone: quantization settings and OpenVINO --------------------------------------------
@@ -327,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds at 256x512 (half at 512x1024)")
     parser.add_argument("--methods", action="store_true", help="also compare quantization settings")
     parser.add_argument("--openvino", action="store_true", help="also measure OpenVINO fp32 / bf16 / INT8")
+    parser.add_argument("--onnx-files", action="store_true", help="also measure int8 of networks given as ONNX files")
     parser.add_argument("--workdir", default=None, help="folder for the drives and the cache (default: temporary)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_cpu.json"))
     args = parser.parse_args(argv)
@@ -363,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             report["openvino"] = openvino(net, rounds)
             write()
             print("\n" + network_table(report["openvino"]) + "\n")
+    if args.onnx_files:
+        report["onnx_files"] = onnx_files(calibration, drives[DRIVES[0][0]], args.rounds, workdir)
+        write()
+        print("\n" + onnx_files_table(report["onnx_files"]) + "\n")
     report["recheck"] = recheck(live, [f[0] for f in drives[DRIVES[0][0]]], args.rounds)
     write()
     print(f"recheck at 256x512: int8 {report['recheck']['speedup_p50']:.2f}x fp32 (engine p50)")

@@ -125,3 +125,29 @@ def test_the_cli_quantizes_an_onnx_file_ahead_and_refuses_a_plain_export(data: d
     assert "fp32 ONNX Runtime reference (CPU)" in capsys.readouterr().out
     assert main(["export", "--model", "onnx", "--weights", str(data["logits"])]) != 0
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_a_tensor_without_range_falls_back_to_minmax_calibration_and_says_so(tmp_path: Path,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Untrained LR-ASPP has a tensor whose values differ only in their last bits: onnxruntime's
+    float32 histogram (percentile) cannot bin it. Calibration falls back to minmax, the file says
+    so (and the served network's description reads it from there)."""
+    import logging
+
+    import onnx
+    from byo_support import TorchvisionOut
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    from seg_perception.backends.quantize import SETTINGS, quantize_int8
+
+    torch.manual_seed(0)
+    net = TorchvisionOut(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19)).eval()
+    path = export(net, tmp_path / "lraspp.onnx", (64, 128), dynamic=True)
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(1, 3, 64, 128)).astype(np.float32) for _ in range(3)]
+    with caplog.at_level(logging.WARNING):
+        data = quantize_int8(path, inputs, metadata={"quantization": SETTINGS.describe()})
+    assert "percentile calibration failed" in caplog.text and "calibrating with minmax instead" in caplog.text
+    quantized = onnx.load_from_string(data)
+    assert {p.key: p.value for p in quantized.metadata_props}["quantization"].endswith("minmax")
+    assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)

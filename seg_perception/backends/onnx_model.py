@@ -319,7 +319,8 @@ def _int8_network(model: OnnxFileModel, config: Any, device: torch.device, backe
             origin = "quantized now, cached"
     network = _open_source(path if path is not None else data, contract, device)
     network.name = f"onnxruntime int8 ({network.providers[0]})"
-    network.quantization = f"{SETTINGS.describe()}; calibrated on {calibration.description}"
+    used = network.metadata.get("quantization", SETTINGS.describe())  # the file says: settings may fall back
+    network.quantization = f"{used}; calibrated on {calibration.description}"
     network.origin = f"the ONNX file {contract.path} (sha256 {digest[:16]}) quantized to int8, {origin}"
     return network
 

@@ -35,7 +35,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,18 @@ def quantize_int8(model: bytes | Path, inputs: Sequence[np.ndarray], settings: Q
             source.write_bytes(Path(model).read_bytes())
         prepared = work / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        ranges = measure_ranges(prepared, inputs, settings, work)
+        try:
+            ranges = measure_ranges(prepared, inputs, settings, work)
+        except ValueError as exc:
+            if settings.method == "minmax":
+                raise BackendError(f"int8 calibration failed: {str(exc)[:300]}") from None
+            # onnxruntime's histograms are float32: a tensor whose values differ only in their last
+            # bits (a saturated gate, a near-constant scale) has no room for its 2048 bins
+            LOG.warning("%s calibration failed on a tensor with almost no range (%s); calibrating with minmax "
+                        "instead (the parity gate still measures the result)", settings.method, str(exc)[:200])
+            settings = replace(settings, method="minmax")
+            ranges = measure_ranges(prepared, inputs, settings, work)
+            metadata = {**(metadata or {}), "quantization": settings.describe()}
         save_tensors_data(ranges, work / "ranges.json")
         out = work / "int8.onnx"
         kinds = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
@@ -318,5 +329,6 @@ def build_int8_network(model: nn.Module, spec: ExportSpec, device: torch.device,
                                         artifact=lambda: int8_artifact(spec, model, cache, calibration),
                                         fresh_probe_min=0.0)
     network.name = f"onnxruntime int8 ({network.providers[0]})"
-    network.quantization = f"{SETTINGS.describe()}; calibrated on {calibration.description}"
+    used = network.metadata.get("quantization", SETTINGS.describe())  # the file says: settings may fall back
+    network.quantization = f"{used}; calibrated on {calibration.description}"
     return network
