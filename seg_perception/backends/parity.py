@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine_api import HELD_OUT, LIVE, SYNTHETIC  # noqa: F401  (the gate's frame kinds, re-exported)
 from ..normalization import Normalization
 
 __all__ = ["CACHE_MIN_AGREEMENT", "HELD_OUT", "LIVE", "PROBE_SIZE", "SYNTHETIC", "ParityReport", "fp32_reference",
@@ -46,10 +47,6 @@ PROBE_SIZE = (64, 96)
 #: or another architecture agrees on a few percent; 90 % leaves room for reduced-precision engines.
 CACHE_MIN_AGREEMENT = 0.9
 
-#: What the parity frames were, in the gate's order of preference (shown with the figure).
-HELD_OUT = "held-out calibration frames"
-LIVE = "live input frames"
-SYNTHETIC = "the synthetic probe frame"
 
 #: A network as the gate calls it: ``(N, 3, H, W)`` float in, ``(N, C, H, W)`` logits out.
 Network = Callable[[torch.Tensor], torch.Tensor]
