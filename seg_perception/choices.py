@@ -41,3 +41,8 @@ MAX_CALIBRATION_FRAMES = 1024
 #: gate"): ONNX Runtime fp32 >= 99.99 %, int8 99.8-99.9 %, OpenVINO bf16 99.97 %, while an engine
 #: collapsed to a few classes agrees on far less. 0 disables the gate.
 DEFAULT_PARITY_MIN_AGREEMENT = 0.99
+
+#: What a parity gate measured on, in the gate's order of preference (shown with the figure).
+HELD_OUT = "held-out calibration frames"
+LIVE = "live input frames"
+SYNTHETIC = "the synthetic probe frame"

@@ -58,12 +58,6 @@ class EngineInterfaceError(TypeError):
     """An object used as an engine lacks members of :class:`Engine`."""
 
 
-#: What a parity gate measured on, in the gate's order of preference (shown with the figure).
-HELD_OUT = "held-out calibration frames"
-LIVE = "live input frames"
-SYNTHETIC = "the synthetic probe frame"
-
-
 class ParityError(RuntimeError):
     """An engine that is not the fp32 reference (fp16, int8, another backend) whose labels agree
     with the reference's on fewer pixels than ``parity_min_agreement`` requires: refused by the

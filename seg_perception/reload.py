@@ -41,8 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import params as P
-from .choices import ONNX_MODEL
-from .engine_api import LIVE, SYNTHETIC, EngineConfig, ParityError, ParityGated
+from .choices import LIVE, ONNX_MODEL, SYNTHETIC
+from .engine_api import EngineConfig, ParityError, ParityGated
 from .parameter_state import ParameterState, model_label
 from .scheduler import PAUSE_TIMEOUT_S, Engine, Scheduler
 from .text import bounded

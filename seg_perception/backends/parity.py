@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine_api import HELD_OUT, LIVE, SYNTHETIC  # noqa: F401  (the gate's frame kinds, re-exported)
+from ..choices import HELD_OUT, LIVE, SYNTHETIC  # noqa: F401  (the gate's frame kinds, re-exported)
 from ..normalization import Normalization
 
 __all__ = ["CACHE_MIN_AGREEMENT", "HELD_OUT", "LIVE", "PROBE_SIZE", "SYNTHETIC", "ParityReport", "fp32_reference",
