@@ -235,3 +235,30 @@ def test_a_drive_with_a_task_that_fails_while_running_is_failed_as_a_whole(root:
     assert [d["name"] for d in failed] == ["raw/bag"] and "truncated message" in failed[0]["reason"]
     # none of the failed drive's frames is pooled, not even those of its chunks that came back
     assert report["pooled"]["drives_ok"] == 1 and report["pooled"]["frames"]["evaluated"] == 3 * 4
+
+
+def test_threads_apply_to_the_run_and_are_restored_after_it(root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from seg_perception.evaluation import evaluate as evaluate_module
+    from seg_perception.evaluation.drives.local import torch_threads
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    run = evaluate_module._run
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "_run", spy)
+    torch.set_num_threads(2)
+    try:
+        evaluate(EvalOptions(bag=root / "raw" / "bag", out=tmp_path / "rep", mode="offline", threads=1,
+                             progress=False), resolve_params(device="cpu"))
+        assert seen == [1] and torch.get_num_threads() == 2
+        with torch_threads(None):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -22,7 +22,7 @@ from ..benchmark import machine_info
 from ..choices import ONNX_MODEL
 from ..engine import resolve_device
 from .bag_io import GT_TOPIC, IMAGE_TOPIC
-from .drives.local import RunOutcome, run_local
+from .drives.local import RunOutcome, run_local, torch_threads
 from .drives.plan import Drive, Task, clip, drive_of, plan_tasks
 from .drives.ray_runner import Progress, RayOptions
 from .ledger import Outputs
@@ -136,11 +136,8 @@ def evaluate(options: EvalOptions, values: dict[str, Any],
 
     ``on_progress`` (Ray only) is called with :class:`~.drives.ray_runner.Progress` on every poll.
     """
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads(options.threads if options.ray is None else None):
         return _evaluate(options, values, on_progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _evaluate(options: EvalOptions, values: dict[str, Any],
@@ -163,8 +160,6 @@ def _evaluate(options: EvalOptions, values: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out)
     torch.manual_seed(options.seed)  # random-weight runs are reproducible
-    if options.threads and options.ray is None:
-        torch.set_num_threads(options.threads)
     outcome = _run(options, values, tasks, outputs, on_progress)
     merged = _drive_outcomes(drives, tasks, unplanned, outcome)
     execution = {**outcome.execution, "tasks": len(tasks), "chunk_frames": options.chunk_frames,

@@ -39,27 +39,11 @@ def _title(title: str, untrained: bool) -> tuple[str, str]:
 
 
 def plot_class_iou(metrics: dict[str, Any], title: str, untrained: bool, path: Path) -> None:
-    plt = _pyplot()
-    values = [metrics["class_iou"][n] for n in CLASS_NAMES]
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
-    y = np.arange(len(CLASS_NAMES))
-    heights = [0.0 if v is None else 100 * v for v in values]
-    ax.barh(y, heights, color=PALETTE / 255.0, edgecolor="black", linewidth=0.5)
-    for yi, v in zip(y, values, strict=True):
-        ax.text((0 if v is None else 100 * v) + 1, yi, "n/a" if v is None else f"{100 * v:.1f}", va="center",
-                fontsize=8)
-    if metrics["miou"] is not None:
-        ax.axvline(100 * metrics["miou"], color="black", linestyle="--", label=f"mIoU {100 * metrics['miou']:.2f}")
-        ax.legend(loc="lower right")
-    ax.set_yticks(y, CLASS_NAMES)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("IoU %")
-    text, color = _title(title, untrained)
-    ax.set_title(text, color=color)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    """IoU per class in the class colours, with the mIoU as a dashed line."""
+    miou = metrics["miou"]
+    _bars(path, list(CLASS_NAMES), [metrics["class_iou"][n] for n in CLASS_NAMES], title, untrained,
+          colors=PALETTE / 255.0, xlabel="IoU %", figsize=(8, 6), label_size=None,
+          reference=None if miou is None else (miou, "mIoU"))
 
 
 def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
@@ -130,21 +114,31 @@ def plot_latency(report: dict[str, Any], frames: list[dict[str, Any]], hist_path
 def plot_bars(path: Path, labels: list[str], values: list[float | None], title: str, untrained: bool,
               reference: float | None = None) -> None:
     """Horizontal bars of mIoU percentages (None drawn as n/a), one per label."""
+    _bars(path, labels, values, title, untrained, colors="tab:blue", xlabel="mIoU %",
+          figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)), label_size=8,
+          reference=None if reference is None else (reference, "pooled"))
+
+
+def _bars(path: Path, labels: list[str], values: list[float | None], title: str, untrained: bool, *,
+          colors: Any, xlabel: str, figsize: tuple[float, float], label_size: int | None,
+          reference: tuple[float, str] | None) -> None:
+    """The one horizontal bar chart of fractions as percentages (None drawn as n/a), with an
+    optional dashed reference line (value, name)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)), dpi=100)
+    fig, ax = plt.subplots(figsize=figsize, dpi=100)
     y = np.arange(len(labels))
-    heights = [0.0 if v is None else 100 * v for v in values]
-    ax.barh(y, heights, color="tab:blue", edgecolor="black", linewidth=0.5)
+    ax.barh(y, [0.0 if v is None else 100 * v for v in values], color=colors, edgecolor="black", linewidth=0.5)
     for yi, v in zip(y, values, strict=True):
         ax.text((0 if v is None else 100 * v) + 1, yi, "n/a" if v is None else f"{100 * v:.1f}", va="center",
                 fontsize=8)
     if reference is not None:
-        ax.axvline(100 * reference, color="black", linestyle="--", label=f"pooled {100 * reference:.2f}")
+        value, name = reference
+        ax.axvline(100 * value, color="black", linestyle="--", label=f"{name} {100 * value:.2f}")
         ax.legend(loc="lower right")
-    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_yticks(y, labels, fontsize=label_size)
     ax.invert_yaxis()
     ax.set_xlim(0, 105)
-    ax.set_xlabel("mIoU %")
+    ax.set_xlabel(xlabel)
     text, color = _title(title, untrained)
     ax.set_title(text, color=color)
     fig.tight_layout()

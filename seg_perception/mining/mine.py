@@ -24,7 +24,7 @@ import torch
 
 from ..benchmark import machine_info
 from ..engine import resolve_device
-from ..evaluation.drives.local import RunOutcome, run_local
+from ..evaluation.drives.local import RunOutcome, run_local, torch_threads
 from ..evaluation.drives.plan import Drive, Task, clip
 from ..evaluation.drives.ray_runner import Progress, RayOptions
 from ..evaluation.drives.task import build_engine
@@ -94,11 +94,8 @@ def mine(options: MineOptions, values: dict[str, Any],
     """Mine the drives into ``options.out``; see the module docstring. ``values`` are node
     parameters (:func:`seg_perception.evaluation.evaluate.resolve_params`); ``on_progress`` (Ray
     only) is called with :class:`~seg_perception.evaluation.drives.ray_runner.Progress` on every poll."""
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads(options.threads if options.ray is None else None):
         return _mine(options, values, on_progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _mine(options: MineOptions, values: dict[str, Any],
@@ -123,8 +120,6 @@ def _mine(options: MineOptions, values: dict[str, Any],
     if len(drives) == 1 and unplanned:  # the one bag asked for cannot be read: say why
         raise unplanned[0]
     torch.manual_seed(options.seed)
-    if options.threads and options.ray is None:
-        torch.set_num_threads(options.threads)
     began = time.perf_counter()
     job = partial(score_task, settings=ScoreSettings(options.score))
     outcome = _run(options, values, tasks, job, on_progress)

@@ -6,10 +6,13 @@ replay through the node), so the report is built the same way whoever ran the fr
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from ..ledger import Outputs
 from .plan import Task, clip
@@ -36,6 +39,19 @@ class RunOutcome:
         back: a drive is ok only as a whole (evaluation and mining report it the same way)."""
         failed = [t for t in tasks if t.task_id in self.failures]
         return self.failures[failed[0].task_id] if failed else None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads (None or 0: as they are), restored afterwards:
+    a command run inside another program (tests, a notebook) leaves its thread count alone."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_local(tasks: list[Task], values: dict[str, Any], seed: int = 0, progress: bool = True,
